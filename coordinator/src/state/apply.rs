@@ -1,0 +1,624 @@
+//! The command vocabulary and [`State::apply`]: a pure match over [`Command`].
+
+use std::collections::BTreeSet;
+
+use protocol::domain::{
+    InventoryRecord, Node, NodeState, Project, Rack, Role, Site, TokenRecord, UnixMillis, User,
+    AuditEntry, BootTarget,
+};
+use protocol::error::{ErrorBody, ErrorCode};
+use protocol::json::JsonValue;
+use protocol::{Mac, NodeId, ProjectId, RackId, Revision, Serial, SiteId, Tag, TokenId, UserName};
+use serde::{Deserialize, Serialize};
+
+use super::{refuse, refuse_field, ClusterInfo, Key, Refusal, Session, State, SESSION_RETENTION_MS};
+
+/// A change to the desired state, as committed to the Raft log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Who asked: `user:<name>`, `coordinator:<id>` or `rack:<name>`.
+    pub actor: String,
+    /// When the proposing coordinator received it (the only clock `apply` sees).
+    pub at: UnixMillis,
+    /// Idempotency key: a retried request with the same key is answered from memory.
+    pub request_id: Option<String>,
+    /// What to do.
+    pub command: Command,
+}
+
+/// One item of an inventory import, credentials already sealed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportItem {
+    /// The record to upsert (`revision`/`generation` are filled in by apply).
+    pub record: InventoryRecord,
+}
+
+/// Changes to a node; `None` fields are left alone.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct NodePatch {
+    /// New lifecycle state (must be an allowed transition).
+    pub state: Option<NodeState>,
+    /// New boot target.
+    pub boot_target: Option<BootTarget>,
+    /// New project: `Some(None)` frees the node.
+    pub project: Option<Option<ProjectId>>,
+    /// Replacement tag set.
+    pub tags: Option<BTreeSet<Tag>>,
+    /// Facts merged (top-level keys replaced) into the node's facts.
+    pub facts: Option<JsonValue>,
+}
+
+/// Every way the desired state can change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create the cluster identity and the first admin (once).
+    InitCluster {
+        /// Cluster identity.
+        info: ClusterInfo,
+        /// First admin user.
+        admin: UserName,
+        /// The admin's first token.
+        token: TokenRecord,
+    },
+    /// Create or replace a site.
+    PutSite(Site),
+    /// Delete a site (refused while racks stand in it).
+    DeleteSite(SiteId),
+    /// Create or replace a rack (its site must exist).
+    PutRack(Rack),
+    /// Delete a rack (refused while inventory or nodes reference it).
+    DeleteRack(RackId),
+    /// Upsert expected-inventory records by serial, all or nothing.
+    ImportInventory(Vec<ImportItem>),
+    /// Delete an expected-inventory record.
+    DeleteInventory(Serial),
+    /// Register a node (idempotent by serial: an existing node gets the MACs merged).
+    RegisterNode {
+        /// Id to give it if new (chosen by the proposer).
+        id: NodeId,
+        /// Serial.
+        serial: Serial,
+        /// Rack it was seen in.
+        rack: Option<RackId>,
+        /// MACs seen.
+        macs: Vec<Mac>,
+    },
+    /// Change a node.
+    PatchNode {
+        /// Which node.
+        id: NodeId,
+        /// What to change.
+        patch: NodePatch,
+    },
+    /// Create or replace a project.
+    PutProject(Project),
+    /// Delete a project (refused while it owns nodes or has members).
+    DeleteProject(ProjectId),
+    /// Create or replace a user.
+    PutUser(User),
+    /// Delete a user and its tokens (the last admin cannot be deleted).
+    DeleteUser(UserName),
+    /// Add a token (hash only).
+    CreateToken(TokenRecord),
+    /// Revoke a token.
+    DeleteToken(TokenId),
+    /// Record an action that happened outside the state machine (e.g. a membership change).
+    Note {
+        /// Action name.
+        action: String,
+        /// Target.
+        target: String,
+    },
+}
+
+impl Command {
+    /// Stable action name for the audit trail.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Command::InitCluster { .. } => "cluster.init",
+            Command::PutSite(_) => "site.put",
+            Command::DeleteSite(_) => "site.delete",
+            Command::PutRack(_) => "rack.put",
+            Command::DeleteRack(_) => "rack.delete",
+            Command::ImportInventory(_) => "inventory.import",
+            Command::DeleteInventory(_) => "inventory.delete",
+            Command::RegisterNode { .. } => "node.register",
+            Command::PatchNode { .. } => "node.patch",
+            Command::PutProject(_) => "project.put",
+            Command::DeleteProject(_) => "project.delete",
+            Command::PutUser(_) => "user.put",
+            Command::DeleteUser(_) => "user.delete",
+            Command::CreateToken(_) => "token.create",
+            Command::DeleteToken(_) => "token.delete",
+            Command::Note { .. } => "note",
+        }
+    }
+
+    /// What the command touches, for the audit trail (never a secret).
+    pub fn target(&self) -> String {
+        match self {
+            Command::InitCluster { info, .. } => info.name.clone(),
+            Command::PutSite(s) => s.name.to_string(),
+            Command::DeleteSite(s) => s.to_string(),
+            Command::PutRack(r) => r.name.to_string(),
+            Command::DeleteRack(r) => r.to_string(),
+            Command::ImportInventory(items) => match items.as_slice() {
+                [one] => one.record.serial.to_string(),
+                many => format!("{} records", many.len()),
+            },
+            Command::DeleteInventory(s) => s.to_string(),
+            Command::RegisterNode { serial, .. } => serial.to_string(),
+            Command::PatchNode { id, .. } => id.to_string(),
+            Command::PutProject(p) => p.name.to_string(),
+            Command::DeleteProject(p) => p.to_string(),
+            Command::PutUser(u) => u.name.to_string(),
+            Command::DeleteUser(u) => u.to_string(),
+            Command::CreateToken(t) => format!("{} ({})", t.id, t.user),
+            Command::DeleteToken(t) => t.to_string(),
+            Command::Note { target, .. } => target.clone(),
+        }
+    }
+}
+
+/// Per-record result of an inventory import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportOutcome {
+    /// New serial.
+    Created,
+    /// Existing serial, content changed.
+    Updated,
+    /// Existing serial, identical content.
+    Unchanged,
+}
+
+/// What an inventory import did (or, in a dry run, would do).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImportReport {
+    /// Serials created.
+    pub created: Vec<Serial>,
+    /// Serials whose record changed, with the names of the fields that changed.
+    pub updated: Vec<(Serial, Vec<String>)>,
+    /// Serials already identical.
+    pub unchanged: Vec<Serial>,
+    /// Whether this was a dry run (nothing written).
+    pub dry_run: bool,
+}
+
+/// What a successful command returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Applied {
+    /// Nothing to report beyond success.
+    Done,
+    /// The node as it now is.
+    Node(Box<Node>),
+    /// Inventory import result.
+    Import(ImportReport),
+}
+
+/// The answer to a [`Request`]: the revision it was applied at and its result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// Log index of the request.
+    pub revision: Revision,
+    /// Result; a refusal is still a committed, audited answer.
+    pub result: Result<Applied, ErrorBody>,
+    /// True when this answer was remembered from an earlier identical request.
+    pub replayed: bool,
+}
+
+impl State {
+    /// Apply one committed request at `revision`. Pure: the same state and request give the
+    /// same result on every replica.
+    pub fn apply(&mut self, revision: Revision, req: &Request) -> Response {
+        self.expire_sessions(req.at);
+        if let Some(id) = &req.request_id {
+            if let Some(s) = self.sessions.get(id) {
+                let mut r = s.response.clone();
+                r.replayed = true;
+                return r;
+            }
+        }
+        let result = self.apply_command(revision, req.at, &req.command);
+        let outcome = match &result {
+            Ok(_) => "applied".to_owned(),
+            Err(e) => format!("refused: {}: {}", e.code.as_str(), e.message),
+        };
+        self.audit.insert(
+            revision,
+            AuditEntry {
+                revision,
+                at: req.at,
+                actor: req.actor.clone(),
+                action: req.command.action().to_owned(),
+                target: req.command.target(),
+                outcome,
+                request_id: req.request_id.clone(),
+            },
+        );
+        self.dirty.insert(Key::Audit(revision));
+        let response = Response { revision, result, replayed: false };
+        if let Some(id) = &req.request_id {
+            self.sessions.insert(
+                id.clone(),
+                Session { at: req.at, revision, response: response.clone() },
+            );
+            self.session_order.insert((req.at, id.clone()));
+            self.dirty.insert(Key::Session(id.clone()));
+        }
+        response
+    }
+
+    fn expire_sessions(&mut self, now: UnixMillis) {
+        let cutoff = now.saturating_sub(SESSION_RETENTION_MS);
+        while let Some((at, id)) = self.session_order.first().cloned() {
+            if at >= cutoff {
+                break;
+            }
+            self.session_order.pop_first();
+            self.sessions.remove(&id);
+            self.dirty.insert(Key::Session(id));
+        }
+    }
+
+    fn apply_command(&mut self, rev: Revision, at: UnixMillis, cmd: &Command) -> Result<Applied, Refusal> {
+        match cmd {
+            Command::InitCluster { info, admin, token } => {
+                if self.cluster.is_some() {
+                    return Err(refuse(ErrorCode::AlreadyExists, "cluster is already initialised"));
+                }
+                self.cluster = Some(info.clone());
+                self.dirty.insert(Key::Cluster);
+                self.put_user(User { name: admin.clone(), role: Role::Admin, project: None })?;
+                self.create_token(token.clone())?;
+                Ok(Applied::Done)
+            }
+            Command::PutSite(site) => {
+                self.sites.insert(site.name.clone(), site.clone());
+                self.dirty.insert(Key::Site(site.name.clone()));
+                Ok(Applied::Done)
+            }
+            Command::DeleteSite(name) => {
+                if !self.sites.contains_key(name) {
+                    return Err(refuse(ErrorCode::NotFound, format!("site {name} does not exist")));
+                }
+                if let Some(r) = self.racks.values().find(|r| &r.site == name) {
+                    return Err(refuse(
+                        ErrorCode::Conflict,
+                        format!("site {name} still has rack {}; delete its racks first", r.name),
+                    ));
+                }
+                self.sites.remove(name);
+                self.dirty.insert(Key::Site(name.clone()));
+                Ok(Applied::Done)
+            }
+            Command::PutRack(rack) => {
+                if !self.sites.contains_key(&rack.site) {
+                    return Err(refuse_field(
+                        ErrorCode::InvalidField,
+                        "site",
+                        format!("site {} does not exist", rack.site),
+                    ));
+                }
+                self.racks.insert(rack.name.clone(), rack.clone());
+                self.dirty.insert(Key::Rack(rack.name.clone()));
+                Ok(Applied::Done)
+            }
+            Command::DeleteRack(name) => {
+                if !self.racks.contains_key(name) {
+                    return Err(refuse(ErrorCode::NotFound, format!("rack {name} does not exist")));
+                }
+                if let Some(i) = self.inventory.values().find(|i| &i.rack == name) {
+                    return Err(refuse(
+                        ErrorCode::Conflict,
+                        format!("rack {name} is still referenced by inventory serial {}", i.serial),
+                    ));
+                }
+                if let Some(n) = self.nodes.values().find(|n| n.rack.as_ref() == Some(name)) {
+                    return Err(refuse(
+                        ErrorCode::Conflict,
+                        format!("rack {name} still holds node {} (serial {})", n.id, n.serial),
+                    ));
+                }
+                self.racks.remove(name);
+                self.dirty.insert(Key::Rack(name.clone()));
+                Ok(Applied::Done)
+            }
+            Command::ImportInventory(items) => {
+                let report = self.plan_import(items)?;
+                for item in items {
+                    let serial = &item.record.serial;
+                    let generation = match self.inventory.get(serial) {
+                        Some(old) if same_inventory(old, &item.record) => continue,
+                        Some(old) => old.generation + 1,
+                        None => 1,
+                    };
+                    let mut rec = item.record.clone();
+                    rec.revision = rev;
+                    rec.generation = generation;
+                    self.inventory.insert(serial.clone(), rec);
+                    self.dirty.insert(Key::Inventory(serial.clone()));
+                }
+                Ok(Applied::Import(report))
+            }
+            Command::DeleteInventory(serial) => {
+                if self.inventory.remove(serial).is_none() {
+                    return Err(refuse(ErrorCode::NotFound, format!("no inventory record for serial {serial}")));
+                }
+                self.dirty.insert(Key::Inventory(serial.clone()));
+                Ok(Applied::Done)
+            }
+            Command::RegisterNode { id, serial, rack, macs } => {
+                if let Some(r) = rack {
+                    if !self.racks.contains_key(r) {
+                        return Err(refuse_field(ErrorCode::InvalidField, "rack", format!("rack {r} does not exist")));
+                    }
+                }
+                if let Some(existing) = self.node_by_serial.get(serial).copied() {
+                    let node = self.nodes.get_mut(&existing).ok_or_else(|| {
+                        refuse(ErrorCode::Internal, format!("index names missing node {existing}"))
+                    })?;
+                    for m in macs {
+                        if !node.macs.contains(m) {
+                            node.macs.push(*m);
+                        }
+                    }
+                    if rack.is_some() {
+                        node.rack.clone_from(rack);
+                    }
+                    node.revision = rev;
+                    self.dirty.insert(Key::Node(existing));
+                    return Ok(Applied::Node(Box::new(node.clone())));
+                }
+                if self.nodes.contains_key(id) {
+                    return Err(refuse(ErrorCode::AlreadyExists, format!("node id {id} is taken")));
+                }
+                let expected = self.inventory.get(serial);
+                let node = Node {
+                    id: *id,
+                    serial: serial.clone(),
+                    rack: rack.clone().or_else(|| expected.map(|e| e.rack.clone())),
+                    macs: macs.clone(),
+                    state: NodeState::Discovered,
+                    facts: JsonValue(serde_json::Value::Object(Default::default())),
+                    boot_target: BootTarget::Discovery,
+                    project: None,
+                    tags: expected.map(|e| e.tags.clone()).unwrap_or_default(),
+                    created_at: at,
+                    revision: rev,
+                };
+                self.node_by_serial.insert(serial.clone(), *id);
+                self.nodes.insert(*id, node.clone());
+                self.dirty.insert(Key::Node(*id));
+                Ok(Applied::Node(Box::new(node)))
+            }
+            Command::PatchNode { id, patch } => {
+                if let Some(Some(p)) = &patch.project {
+                    if !self.projects.contains_key(p) {
+                        return Err(refuse_field(ErrorCode::InvalidField, "project", format!("project {p} does not exist")));
+                    }
+                }
+                let node = self
+                    .nodes
+                    .get_mut(id)
+                    .ok_or_else(|| refuse(ErrorCode::NotFound, format!("node {id} does not exist")))?;
+                if let Some(to) = patch.state {
+                    if !node.state.can_become(to) {
+                        return Err(refuse_field(
+                            ErrorCode::InvalidTransition,
+                            "state",
+                            format!("node {id} cannot go from {} to {}", node.state.as_str(), to.as_str()),
+                        ));
+                    }
+                }
+                if let Some(facts) = &patch.facts {
+                    let serde_json::Value::Object(new) = &facts.0 else {
+                        return Err(refuse_field(ErrorCode::InvalidField, "facts", "facts must be a JSON object"));
+                    };
+                    if let serde_json::Value::Object(cur) = &mut node.facts.0 {
+                        for (k, v) in new {
+                            cur.insert(k.clone(), v.clone());
+                        }
+                    } else {
+                        node.facts = facts.clone();
+                    }
+                }
+                if let Some(s) = patch.state {
+                    node.state = s;
+                }
+                if let Some(b) = &patch.boot_target {
+                    node.boot_target = b.clone();
+                }
+                if let Some(p) = &patch.project {
+                    node.project.clone_from(p);
+                }
+                if let Some(t) = &patch.tags {
+                    node.tags.clone_from(t);
+                }
+                node.revision = rev;
+                self.dirty.insert(Key::Node(*id));
+                Ok(Applied::Node(Box::new(node.clone())))
+            }
+            Command::PutProject(p) => {
+                self.projects.insert(p.name.clone(), p.clone());
+                self.dirty.insert(Key::Project(p.name.clone()));
+                Ok(Applied::Done)
+            }
+            Command::DeleteProject(name) => {
+                if !self.projects.contains_key(name) {
+                    return Err(refuse(ErrorCode::NotFound, format!("project {name} does not exist")));
+                }
+                if let Some(n) = self.nodes.values().find(|n| n.project.as_ref() == Some(name)) {
+                    return Err(refuse(ErrorCode::Conflict, format!("project {name} still owns node {}", n.id)));
+                }
+                if let Some(u) = self.users.values().find(|u| u.project.as_ref() == Some(name)) {
+                    return Err(refuse(ErrorCode::Conflict, format!("project {name} still has member {}", u.name)));
+                }
+                self.projects.remove(name);
+                self.dirty.insert(Key::Project(name.clone()));
+                Ok(Applied::Done)
+            }
+            Command::PutUser(u) => {
+                self.put_user(u.clone())?;
+                Ok(Applied::Done)
+            }
+            Command::DeleteUser(name) => {
+                let Some(user) = self.users.get(name) else {
+                    return Err(refuse(ErrorCode::NotFound, format!("user {name} does not exist")));
+                };
+                if user.role == Role::Admin && self.users.values().filter(|u| u.role == Role::Admin).count() == 1 {
+                    return Err(refuse(ErrorCode::Conflict, format!("{name} is the last admin")));
+                }
+                self.users.remove(name);
+                self.dirty.insert(Key::User(name.clone()));
+                let revoked: Vec<TokenId> =
+                    self.tokens.values().filter(|t| &t.user == name).map(|t| t.id).collect();
+                for id in revoked {
+                    self.remove_token(id);
+                }
+                Ok(Applied::Done)
+            }
+            Command::CreateToken(t) => {
+                self.create_token(t.clone())?;
+                Ok(Applied::Done)
+            }
+            Command::DeleteToken(id) => {
+                if !self.tokens.contains_key(id) {
+                    return Err(refuse(ErrorCode::NotFound, format!("token {id} does not exist")));
+                }
+                self.remove_token(*id);
+                Ok(Applied::Done)
+            }
+            Command::Note { .. } => Ok(Applied::Done),
+        }
+    }
+
+    /// Checks an import against the current state without changing it; also used for the
+    /// API's dry run, so the dry run and the real import cannot disagree.
+    pub fn plan_import(&self, items: &[ImportItem]) -> Result<ImportReport, Refusal> {
+        let mut report = ImportReport::default();
+        let mut seen = BTreeSet::new();
+        for (i, item) in items.iter().enumerate() {
+            let r = &item.record;
+            if !seen.insert(&r.serial) {
+                return Err(refuse_field(
+                    ErrorCode::InvalidField,
+                    &format!("[{i}].serial"),
+                    format!("serial {} appears twice in one import", r.serial),
+                ));
+            }
+            if !self.sites.contains_key(&r.site) {
+                return Err(refuse_field(
+                    ErrorCode::InvalidField,
+                    &format!("[{i}].site"),
+                    format!("site {} does not exist", r.site),
+                ));
+            }
+            match self.racks.get(&r.rack) {
+                None => {
+                    return Err(refuse_field(
+                        ErrorCode::InvalidField,
+                        &format!("[{i}].rack"),
+                        format!("rack {} does not exist", r.rack),
+                    ))
+                }
+                Some(rack) if rack.site != r.site => {
+                    return Err(refuse_field(
+                        ErrorCode::InvalidField,
+                        &format!("[{i}].rack"),
+                        format!("rack {} stands in site {}, not {}", r.rack, rack.site, r.site),
+                    ))
+                }
+                Some(_) => {}
+            }
+            match self.inventory.get(&r.serial) {
+                None => report.created.push(r.serial.clone()),
+                Some(old) if same_inventory(old, r) => report.unchanged.push(r.serial.clone()),
+                Some(old) => report.updated.push((r.serial.clone(), changed_fields(old, r))),
+            }
+        }
+        Ok(report)
+    }
+
+    fn put_user(&mut self, u: User) -> Result<(), Refusal> {
+        match (&u.role, &u.project) {
+            (Role::ProjectMember, None) => {
+                return Err(refuse_field(ErrorCode::InvalidField, "project", "a project_member needs a project"))
+            }
+            (Role::ProjectMember, Some(p)) if !self.projects.contains_key(p) => {
+                return Err(refuse_field(ErrorCode::InvalidField, "project", format!("project {p} does not exist")))
+            }
+            (Role::ProjectMember, Some(_)) => {}
+            (_, Some(_)) => {
+                return Err(refuse_field(ErrorCode::InvalidField, "project", "only a project_member has a project"))
+            }
+            (_, None) => {}
+        }
+        if let Some(old) = self.users.get(&u.name) {
+            if old.role == Role::Admin
+                && u.role != Role::Admin
+                && self.users.values().filter(|x| x.role == Role::Admin).count() == 1
+            {
+                return Err(refuse_field(ErrorCode::Conflict, "role", format!("{} is the last admin", u.name)));
+            }
+        }
+        self.dirty.insert(Key::User(u.name.clone()));
+        self.users.insert(u.name.clone(), u);
+        Ok(())
+    }
+
+    fn create_token(&mut self, t: TokenRecord) -> Result<(), Refusal> {
+        if !self.users.contains_key(&t.user) {
+            return Err(refuse_field(ErrorCode::InvalidField, "user", format!("user {} does not exist", t.user)));
+        }
+        if self.tokens.contains_key(&t.id) || self.token_by_hash.contains_key(&t.hash) {
+            return Err(refuse(ErrorCode::AlreadyExists, format!("token {} already exists", t.id)));
+        }
+        self.token_by_hash.insert(t.hash.clone(), t.id);
+        self.dirty.insert(Key::Token(t.id));
+        self.tokens.insert(t.id, t);
+        Ok(())
+    }
+
+    fn remove_token(&mut self, id: TokenId) {
+        if let Some(t) = self.tokens.remove(&id) {
+            self.token_by_hash.remove(&t.hash);
+        }
+        self.dirty.insert(Key::Token(id));
+    }
+}
+
+fn same_inventory(a: &InventoryRecord, b: &InventoryRecord) -> bool {
+    changed_fields(a, b).is_empty()
+}
+
+/// Names of the fields that differ (ignoring bookkeeping), for update reports and dry runs.
+/// Sealed credentials are compared by username and keyed fingerprint: a re-sealed identical
+/// password has a new nonce, and comparing ciphertexts would report a change on every import.
+fn changed_fields(a: &InventoryRecord, b: &InventoryRecord) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut diff = |name: &str, same: bool| {
+        if !same {
+            out.push(name.to_owned());
+        }
+    };
+    diff("site", a.site == b.site);
+    diff("rack", a.rack == b.rack);
+    diff("u_position", a.u_position == b.u_position);
+    diff("model", a.model == b.model);
+    diff("nics", a.nics == b.nics);
+    let bmc_same = match (&a.bmc, &b.bmc) {
+        (None, None) => true,
+        (Some(x), Some(y)) => {
+            x.address == y.address
+                && x.driver == y.driver
+                && x.credentials.as_ref().map(|c| (&c.username, &c.fingerprint))
+                    == y.credentials.as_ref().map(|c| (&c.username, &c.fingerprint))
+        }
+        _ => false,
+    };
+    diff("bmc", bmc_same);
+    diff("static_ips", a.static_ips == b.static_ips);
+    diff("tags", a.tags == b.tags);
+    out
+}

@@ -1,0 +1,1 @@
+//! Unit tests of `State::apply`, one or more per command, without Raft.

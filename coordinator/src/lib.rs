@@ -1,9 +1,14 @@
 //! The Metalfleet coordinator: Raft-replicated desired state (openraft + redb), the REST API,
-//! the Raft and fleet endpoints, and `metalctl`'s client library.
+//! the Raft endpoint, and `metalctl`'s client library.
 //!
 //! Binaries (`coordinator`, `metalctl`) are thin: they parse arguments and call into here, so
 //! tests can run whole coordinators in-process.
 
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod metrics;
 pub mod pki;
 pub mod raft;
 pub mod secrets;

@@ -127,6 +127,13 @@ pub enum PkiError {
     /// The certificate given as CA is not a CA certificate.
     #[error("certificate {subject:?} is not a CA (basic constraints missing or CA:FALSE)")]
     NotACa { subject: String },
+    /// The CA certificate's name or key extensions cannot be used for issuing.
+    #[error("reading issuer details of CA certificate {subject:?}")]
+    CaExtensions {
+        subject: String,
+        #[source]
+        source: rcgen::Error,
+    },
     /// The CA private key does not belong to the CA certificate.
     #[error("CA private key does not match the public key of CA certificate {subject:?}")]
     CaKeyMismatch { subject: String },
@@ -303,7 +310,7 @@ impl CertAuthority {
     /// years, CA basic constraints, key usage cert sign + crl sign.
     ///
     /// The path length is constrained to 0: this CA only ever signs end-entity certificates, so
-    /// a leaked leaf key can never be turned into a usable intermediate.
+    /// should it ever be made to sign a CA certificate, what that one signs is still refused.
     pub fn generate(cluster_name: &str) -> Result<Self, PkiError> {
         if cluster_name.is_empty() {
             return Err(PkiError::InvalidClusterName {
@@ -362,8 +369,11 @@ impl CertAuthority {
         if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
             return Err(PkiError::CaKeyMismatch { subject });
         }
-        let issuer = Issuer::from_ca_cert_der(&der, key)
-            .map_err(|source| PkiError::Key { what: "CA", source })?;
+        let issuer =
+            Issuer::from_ca_cert_der(&der, key).map_err(|source| PkiError::CaExtensions {
+                subject: subject.clone(),
+                source,
+            })?;
         Ok(CertAuthority {
             issuer,
             cert_pem: cert_pem.to_owned(),
@@ -376,8 +386,7 @@ impl CertAuthority {
         &self.cert_pem
     }
 
-    /// The CA private key (PKCS#8 PEM), for the caller to seal and store. Not cached here so
-    /// the secret only exists as a `String` while the caller needs it.
+    /// The CA private key (PKCS#8 PEM), for the caller to seal and store.
     pub fn key_pem(&self) -> String {
         self.issuer.key().serialize_pem()
     }
@@ -765,6 +774,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use quinn::Endpoint;
+    use x509_parser::extensions::GeneralName;
 
     use super::*;
 
@@ -788,6 +798,7 @@ mod tests {
     async fn quic_handshake(
         server: quinn::ServerConfig,
         client: quinn::ClientConfig,
+        server_name: &str,
     ) -> (
         Result<Identity, String>,
         Result<(Identity, Option<Vec<u8>>), String>,
@@ -804,7 +815,7 @@ mod tests {
         };
         let client_side = async {
             let conn = client_ep
-                .connect_with(client, addr, "127.0.0.1")
+                .connect_with(client, addr, server_name)
                 .unwrap()
                 .await
                 .map_err(|e| e.to_string())?;
@@ -897,7 +908,8 @@ mod tests {
         let ca_expires = not_after(ca.cert_pem()).unwrap();
         assert!((ca_expires - (now + CA_VALIDITY_DAYS * 86_400)).abs() < 60);
 
-        let (_, cert) = X509Certificate::from_der(first_der(&leaf.cert_pem).as_ref()).unwrap();
+        let leaf_der = first_der(&leaf.cert_pem);
+        let (_, cert) = X509Certificate::from_der(leaf_der.as_ref()).unwrap();
         assert!(!cert.is_ca());
         let eku = cert.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.server_auth && eku.client_auth);
@@ -908,9 +920,13 @@ mod tests {
             .value
             .general_names
             .iter()
-            .map(|n| n.to_string())
+            .map(|name| match name {
+                GeneralName::IPAddress(&[a, b, c, d]) => Ipv4Addr::new(a, b, c, d).to_string(),
+                GeneralName::DNSName(dns) => dns.to_string(),
+                other => panic!("unexpected SAN {other:?}"),
+            })
             .collect();
-        assert_eq!(sans, ["IPAddress(10.0.0.7)", "DNSName(r12.ams1.example)"]);
+        assert_eq!(sans, ["10.0.0.7", "r12.ams1.example"]);
 
         // Refused before anything is signed.
         assert!(matches!(
@@ -1005,6 +1021,7 @@ mod tests {
         let (server_saw, client_saw) = quic_handshake(
             quinn_server_config(ca.cert_pem(), &server_leaf, ALPN_RAFT).unwrap(),
             quinn_client_config(ca.cert_pem(), &client_leaf, ALPN_RAFT).unwrap(),
+            "127.0.0.1",
         )
         .await;
         assert_eq!(server_saw.unwrap(), Identity::Coordinator(2));
@@ -1026,9 +1043,11 @@ mod tests {
             quinn_server_config(ca.cert_pem(), &server_leaf, ALPN_FLEET).unwrap(),
             // The client trusts the right CA; only its own certificate is foreign.
             quinn_client_config(ca.cert_pem(), &client_leaf, ALPN_FLEET).unwrap(),
+            "127.0.0.1",
         )
         .await;
-        assert!(server_saw.is_err(), "server accepted {server_saw:?}");
+        let server_err = server_saw.unwrap_err();
+        assert!(server_err.contains("UnknownIssuer"), "{server_err}");
         assert!(client_saw.is_err(), "client kept {client_saw:?}");
     }
 
@@ -1045,11 +1064,38 @@ mod tests {
             // The server would accept the client, so only the client's check can stop this.
             quinn_server_config(other.cert_pem(), &server_leaf, ALPN_RAFT).unwrap(),
             quinn_client_config(other.cert_pem(), &client_leaf, ALPN_RAFT).unwrap(),
+            "127.0.0.1",
         )
         .await;
         let client_err = client_saw.unwrap_err();
         assert!(client_err.contains("UnknownIssuer"), "{client_err}");
         assert!(server_saw.is_err(), "server accepted {server_saw:?}");
+    }
+
+    #[tokio::test]
+    async fn quic_client_checks_the_server_name() {
+        let ca = CertAuthority::generate("lab").unwrap();
+        let server_leaf = ca
+            .issue(&Identity::Coordinator(1), &loopback_sans(), 1)
+            .unwrap();
+        let client_leaf = ca.issue(&Identity::Coordinator(2), &[], 1).unwrap();
+
+        // Dialled as a coordinator whose certificate does not name this address.
+        let (_, client_saw) = quic_handshake(
+            quinn_server_config(ca.cert_pem(), &server_leaf, ALPN_RAFT).unwrap(),
+            quinn_client_config(ca.cert_pem(), &client_leaf, ALPN_RAFT).unwrap(),
+            "10.9.9.9",
+        )
+        .await;
+        let client_err = client_saw.unwrap_err();
+        assert!(client_err.contains("not valid for name"), "{client_err}");
+    }
+
+    #[test]
+    fn authority_can_be_shared_between_tasks() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<CertAuthority>();
+        assert_send_sync::<PkiError>();
     }
 
     #[tokio::test]

@@ -79,21 +79,36 @@ impl SealingKey {
 
     /// Read a key file (base64, one line).
     pub fn load(path: &Path) -> Result<Self, SecretsError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| SecretsError::Io { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| SecretsError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(text.trim())
-            .map_err(|_| SecretsError::BadKey { path: path.display().to_string() })?;
-        Self::from_bytes(&bytes).ok_or_else(|| SecretsError::BadKey { path: path.display().to_string() })
+            .map_err(|_| SecretsError::BadKey {
+                path: path.display().to_string(),
+            })?;
+        Self::from_bytes(&bytes).ok_or_else(|| SecretsError::BadKey {
+            path: path.display().to_string(),
+        })
     }
 
     /// Write the key file with mode 0600, refusing to overwrite an existing one.
     pub fn save_new(&self, path: &Path) -> Result<(), SecretsError> {
         use std::io::Write as _;
         use std::os::unix::fs::OpenOptionsExt as _;
-        let io = |source| SecretsError::Io { path: path.display().to_string(), source };
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
-        f.write_all(format!("{}\n", self.to_base64()).as_bytes()).map_err(io)?;
+        let io = |source| SecretsError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        f.write_all(format!("{}\n", self.to_base64()).as_bytes())
+            .map_err(io)?;
         f.sync_all().map_err(io)
     }
 
@@ -105,14 +120,26 @@ impl SealingKey {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         // Encryption with a valid key and nonce length cannot fail.
         let ciphertext = cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: context.as_bytes() })
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: context.as_bytes(),
+                },
+            )
             .unwrap_or_default();
-        Sealed { key_id: self.id, nonce: nonce.to_vec(), ciphertext }
+        Sealed {
+            key_id: self.id,
+            nonce: nonce.to_vec(),
+            ciphertext,
+        }
     }
 
     /// Open a sealed value sealed under the same `context`.
     pub fn open(&self, context: &str, sealed: &Sealed) -> Result<Vec<u8>, SecretsError> {
-        let err = || SecretsError::Open { key_id: sealed.key_id };
+        let err = || SecretsError::Open {
+            key_id: sealed.key_id,
+        };
         if sealed.key_id != self.id || sealed.nonce.len() != 24 {
             return Err(err());
         }
@@ -120,7 +147,10 @@ impl SealingKey {
         cipher
             .decrypt(
                 XNonce::from_slice(&sealed.nonce),
-                Payload { msg: &sealed.ciphertext, aad: context.as_bytes() },
+                Payload {
+                    msg: &sealed.ciphertext,
+                    aad: context.as_bytes(),
+                },
             )
             .map_err(|_| err())
     }
@@ -154,7 +184,10 @@ impl SealingKey {
 pub fn new_token_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
 }
 
 /// How a token secret is stored and looked up: lowercase hex SHA-256. Token secrets carry
@@ -173,7 +206,10 @@ mod tests {
         let k = SealingKey::generate();
         let s = k.seal("bmc:SN1", b"hunter2");
         assert_eq!(k.open("bmc:SN1", &s).unwrap(), b"hunter2");
-        assert!(k.open("bmc:SN2", &s).is_err(), "ciphertext moved to another record must not open");
+        assert!(
+            k.open("bmc:SN2", &s).is_err(),
+            "ciphertext moved to another record must not open"
+        );
         let other = SealingKey::generate();
         assert!(other.open("bmc:SN1", &s).is_err());
         assert!(!format!("{s:?}{k:?}").contains("hunter2"));
@@ -185,7 +221,10 @@ mod tests {
         let k = SealingKey::generate();
         assert_eq!(k.fingerprint("c", b"pw"), k.fingerprint("c", b"pw"));
         assert_ne!(k.fingerprint("c", b"pw"), k.fingerprint("c", b"pw2"));
-        assert_ne!(k.fingerprint("c", b"pw"), SealingKey::generate().fingerprint("c", b"pw"));
+        assert_ne!(
+            k.fingerprint("c", b"pw"),
+            SealingKey::generate().fingerprint("c", b"pw")
+        );
     }
 
     #[test]
@@ -198,7 +237,10 @@ mod tests {
         let back = SealingKey::load(&p).unwrap();
         assert_eq!(back.to_base64(), k.to_base64());
         std::fs::write(&p, "nope").unwrap();
-        assert!(SealingKey::load(&p).unwrap_err().to_string().contains("expected 32 bytes"));
+        assert!(SealingKey::load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("expected 32 bytes"));
     }
 
     #[test]

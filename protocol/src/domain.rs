@@ -68,7 +68,12 @@ pub struct Sealed {
 
 impl fmt::Debug for Sealed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Sealed(key {}, {} bytes)", self.key_id, self.ciphertext.len())
+        write!(
+            f,
+            "Sealed(key {}, {} bytes)",
+            self.key_id,
+            self.ciphertext.len()
+        )
     }
 }
 
@@ -260,10 +265,10 @@ impl From<&InventoryRecord> for InventoryView {
             bmc: r.bmc.as_ref().map(|b| BmcSpec {
                 address: b.address.clone(),
                 driver: b.driver,
-                credentials: b
-                    .credentials
-                    .as_ref()
-                    .map(|c| CredentialsView { username: c.username.clone(), password_set: true }),
+                credentials: b.credentials.as_ref().map(|c| CredentialsView {
+                    username: c.username.clone(),
+                    password_set: true,
+                }),
             }),
             static_ips: r.static_ips.clone(),
             tags: r.tags.clone(),
@@ -274,7 +279,9 @@ impl From<&InventoryRecord> for InventoryView {
 }
 
 /// Where a node is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeState {
     /// Registered (from a first network boot or by an operator) but not yet inspected.
@@ -418,7 +425,9 @@ pub struct Project {
 }
 
 /// What a user may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Everything, including users, tokens and cluster membership.
@@ -510,7 +519,9 @@ pub struct AuditEntry {
 }
 
 /// A coordinator as a member of the Raft cluster.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize, ToSchema,
+)]
 pub struct CoordinatorAddr {
     /// `host:port` of its Raft (QUIC) endpoint.
     pub raft_addr: String,

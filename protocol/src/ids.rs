@@ -23,7 +23,11 @@ pub struct IdError {
 
 impl IdError {
     fn new(kind: &'static str, value: &str, reason: &'static str) -> Self {
-        IdError { kind, value: value.chars().take(80).collect(), reason }
+        IdError {
+            kind,
+            value: value.chars().take(80).collect(),
+            reason,
+        }
     }
 }
 
@@ -40,8 +44,15 @@ fn check_name(kind: &'static str, s: &str, max: usize) -> Result<(), IdError> {
     if !first.is_ascii_alphanumeric() {
         return Err(IdError::new(kind, s, "must start with a letter or digit"));
     }
-    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
-        return Err(IdError::new(kind, s, "only letters, digits, '.', '_' and '-' are allowed"));
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(IdError::new(
+            kind,
+            s,
+            "only letters, digits, '.', '_' and '-' are allowed",
+        ));
     }
     Ok(())
 }
@@ -125,7 +136,17 @@ name_id!(
 
 /// A node's stable id, assigned by the coordinator when the node is first registered.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(transparent)]
 #[schema(value_type = String, format = Uuid)]
@@ -139,13 +160,25 @@ impl fmt::Display for NodeId {
 impl FromStr for NodeId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
-        uuid::Uuid::parse_str(s).map(NodeId).map_err(|_| IdError::new("node id", s, "not a UUID"))
+        uuid::Uuid::parse_str(s)
+            .map(NodeId)
+            .map_err(|_| IdError::new("node id", s, "not a UUID"))
     }
 }
 
 /// An API token's public id (the part that may be shown and logged; the secret never is).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(transparent)]
 #[schema(value_type = String, format = Uuid)]
@@ -159,7 +192,9 @@ impl fmt::Display for TokenId {
 impl FromStr for TokenId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
-        uuid::Uuid::parse_str(s).map(TokenId).map_err(|_| IdError::new("token id", s, "not a UUID"))
+        uuid::Uuid::parse_str(s)
+            .map(TokenId)
+            .map_err(|_| IdError::new("token id", s, "not a UUID"))
     }
 }
 
@@ -178,15 +213,23 @@ pub struct Mac(pub [u8; 6]);
 impl FromStr for Mac {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
-        let hex: String = s.chars().filter(|c| !matches!(c, ':' | '-' | '.')).collect();
+        let hex: String = s
+            .chars()
+            .filter(|c| !matches!(c, ':' | '-' | '.'))
+            .collect();
         let separators = s.len() - hex.len();
         if hex.len() != 12 || !(separators == 0 || separators == 5 || separators == 2) {
-            return Err(IdError::new("mac", s, "expected six hex octets like aa:bb:cc:dd:ee:ff"));
+            return Err(IdError::new(
+                "mac",
+                s,
+                "expected six hex octets like aa:bb:cc:dd:ee:ff",
+            ));
         }
         let mut out = [0u8; 6];
         for (i, o) in out.iter_mut().enumerate() {
-            *o = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16)
-                .map_err(|_| IdError::new("mac", s, "expected six hex octets like aa:bb:cc:dd:ee:ff"))?;
+            *o = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).map_err(|_| {
+                IdError::new("mac", s, "expected six hex octets like aa:bb:cc:dd:ee:ff")
+            })?;
         }
         Ok(Mac(out))
     }
@@ -205,7 +248,11 @@ impl From<Mac> for String {
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 impl fmt::Debug for Mac {
@@ -232,11 +279,22 @@ mod tests {
     #[test]
     fn mac_forms() {
         let want = Mac([0x52, 0x54, 0, 0x12, 0x34, 0xab]);
-        for s in ["52:54:00:12:34:ab", "52-54-00-12-34-AB", "5254.0012.34ab", "5254001234ab"] {
+        for s in [
+            "52:54:00:12:34:ab",
+            "52-54-00-12-34-AB",
+            "5254.0012.34ab",
+            "5254001234ab",
+        ] {
             assert_eq!(s.parse::<Mac>().unwrap(), want, "{s}");
         }
         assert_eq!(want.to_string(), "52:54:00:12:34:ab");
-        for bad in ["", "52:54:00:12:34", "52:54:00:12:34:zz", "52:54:00:12:34:ab:cd", "5:254:00:12:34:ab:"] {
+        for bad in [
+            "",
+            "52:54:00:12:34",
+            "52:54:00:12:34:zz",
+            "52:54:00:12:34:ab:cd",
+            "5:254:00:12:34:ab:",
+        ] {
             assert!(bad.parse::<Mac>().is_err(), "{bad}");
         }
     }
@@ -248,7 +306,9 @@ mod tests {
         assert!("a b".parse::<RackId>().is_err());
         assert!("".parse::<SiteId>().is_err());
         assert!("x".repeat(65).parse::<Serial>().is_err());
-        let e = serde_json::from_str::<RackId>("\"a/b\"").unwrap_err().to_string();
+        let e = serde_json::from_str::<RackId>("\"a/b\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("invalid rack"), "{e}");
     }
 

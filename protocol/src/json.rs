@@ -26,7 +26,9 @@ impl<'de> Deserialize<'de> for JsonValue {
             serde_json::Value::deserialize(d).map(JsonValue)
         } else {
             let text = String::deserialize(d)?;
-            serde_json::from_str(&text).map(JsonValue).map_err(D::Error::custom)
+            serde_json::from_str(&text)
+                .map(JsonValue)
+                .map_err(D::Error::custom)
         }
     }
 }

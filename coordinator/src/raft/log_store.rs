@@ -40,16 +40,24 @@ fn io_err<E: std::error::Error + Send + Sync + 'static>(e: E) -> std::io::Error 
 impl LogStore {
     /// Wraps an open database, creating the tables if needed.
     pub fn new(db: Arc<Database>) -> Result<Self, StorageError> {
-        let txn = db.begin_write().map_err(|e| super::serr::write_logs(&io_err(e)))?;
+        let txn = db
+            .begin_write()
+            .map_err(|e| super::serr::write_logs(&io_err(e)))?;
         {
-            txn.open_table(LOG).map_err(|e| super::serr::write_logs(&io_err(e)))?;
-            txn.open_table(META).map_err(|e| super::serr::write_logs(&io_err(e)))?;
+            txn.open_table(LOG)
+                .map_err(|e| super::serr::write_logs(&io_err(e)))?;
+            txn.open_table(META)
+                .map_err(|e| super::serr::write_logs(&io_err(e)))?;
         }
-        txn.commit().map_err(|e| super::serr::write_logs(&io_err(e)))?;
+        txn.commit()
+            .map_err(|e| super::serr::write_logs(&io_err(e)))?;
         Ok(LogStore { db })
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, std::io::Error> {
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, std::io::Error> {
         let txn = self.db.begin_read().map_err(io_err)?;
         let table = txn.open_table(META).map_err(io_err)?;
         match table.get(key).map_err(io_err)? {
@@ -58,7 +66,12 @@ impl LogStore {
         }
     }
 
-    fn put_meta<T: serde::Serialize>(&self, key: &str, value: &T, durable: bool) -> Result<(), std::io::Error> {
+    fn put_meta<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        durable: bool,
+    ) -> Result<(), std::io::Error> {
         let bytes = postcard::to_stdvec(value).map_err(io_err)?;
         let mut txn = self.db.begin_write().map_err(io_err)?;
         if !durable {
@@ -71,7 +84,11 @@ impl LogStore {
         txn.commit().map_err(io_err)
     }
 
-    fn read_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<Vec<Entry<TypeConfig>>, std::io::Error> {
+    fn read_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<Vec<Entry<TypeConfig>>, std::io::Error> {
         let txn = self.db.begin_read().map_err(io_err)?;
         let table = txn.open_table(LOG).map_err(io_err)?;
         let mut out = Vec::new();
@@ -92,7 +109,9 @@ fn encode_entry(e: &Entry<TypeConfig>) -> Result<Vec<u8>, std::io::Error> {
 fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, std::io::Error> {
     match bytes.split_first() {
         Some((&ENTRY_FORMAT, rest)) => postcard::from_bytes(rest).map_err(io_err),
-        Some((v, _)) => Err(std::io::Error::other(format!("log entry format {v} is newer than this binary"))),
+        Some((v, _)) => Err(std::io::Error::other(format!(
+            "log entry format {v} is newer than this binary"
+        ))),
         None => Err(std::io::Error::other("empty log entry")),
     }
 }
@@ -116,17 +135,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = self.get_meta(PURGED).map_err(|e| super::serr::read_logs(&e))?;
+        let last_purged: Option<LogId> = self
+            .get_meta(PURGED)
+            .map_err(|e| super::serr::read_logs(&e))?;
         let last = {
-            let txn = self.db.begin_read().map_err(|e| super::serr::read_logs(&io_err(e)))?;
-            let table = txn.open_table(LOG).map_err(|e| super::serr::read_logs(&io_err(e)))?;
-            let last = table.last().map_err(|e| super::serr::read_logs(&io_err(e)))?;
+            let txn = self
+                .db
+                .begin_read()
+                .map_err(|e| super::serr::read_logs(&io_err(e)))?;
+            let table = txn
+                .open_table(LOG)
+                .map_err(|e| super::serr::read_logs(&io_err(e)))?;
+            let last = table
+                .last()
+                .map_err(|e| super::serr::read_logs(&io_err(e)))?;
             match last {
-                Some((_, v)) => Some(decode_entry(v.value()).map_err(|e| super::serr::read_logs(&e))?.log_id),
+                Some((_, v)) => Some(
+                    decode_entry(v.value())
+                        .map_err(|e| super::serr::read_logs(&e))?
+                        .log_id,
+                ),
                 None => None,
             }
         };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -134,7 +169,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
-        self.put_meta(VOTE, vote, true).map_err(|e| super::serr::write_vote(&e))
+        self.put_meta(VOTE, vote, true)
+            .map_err(|e| super::serr::write_vote(&e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError> {
@@ -144,21 +180,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not flushed on its own: losing it only means re-applying from the state machine's
         // own applied id, which is always durable.
-        self.put_meta(COMMITTED, &committed, false).map_err(|e| super::serr::write(&e))
+        self.put_meta(COMMITTED, &committed, false)
+            .map_err(|e| super::serr::write(&e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.get_meta::<Option<LogId>>(COMMITTED).map_err(|e| super::serr::read(&e))?.flatten())
+        Ok(self
+            .get_meta::<Option<LogId>>(COMMITTED)
+            .map_err(|e| super::serr::read(&e))?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut encoded = Vec::new();
         for e in entries {
-            encoded.push((e.log_id.index, encode_entry(&e).map_err(|e| super::serr::write_logs(&e))?));
+            encoded.push((
+                e.log_id.index,
+                encode_entry(&e).map_err(|e| super::serr::write_logs(&e))?,
+            ));
         }
         let db = self.db.clone();
         let res = tokio::task::spawn_blocking(move || -> Result<(), std::io::Error> {
@@ -193,7 +240,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let txn = db.begin_write().map_err(io_err)?;
             {
                 let mut table = txn.open_table(LOG).map_err(io_err)?;
-                table.retain_in(log_id.index.., |_, _| false).map_err(io_err)?;
+                table
+                    .retain_in(log_id.index.., |_, _| false)
+                    .map_err(io_err)?;
             }
             txn.commit().map_err(io_err)
         })
@@ -211,7 +260,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let mut meta = txn.open_table(META).map_err(io_err)?;
                 meta.insert(PURGED, bytes.as_slice()).map_err(io_err)?;
                 let mut table = txn.open_table(LOG).map_err(io_err)?;
-                table.retain_in(..=log_id.index, |_, _| false).map_err(io_err)?;
+                table
+                    .retain_in(..=log_id.index, |_, _| false)
+                    .map_err(io_err)?;
             }
             txn.commit().map_err(io_err)
         })
@@ -220,4 +271,3 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .map_err(|e| super::serr::write_logs(&e))
     }
 }
-

@@ -38,7 +38,9 @@ pub type StoredMembership = openraft::StoredMembership<u64, CoordinatorAddr>;
 pub const DB_FILE: &str = "raft.redb";
 
 /// Opens (or creates) the coordinator's database file.
-pub fn open_db(data_dir: &std::path::Path) -> Result<std::sync::Arc<redb::Database>, redb::DatabaseError> {
+pub fn open_db(
+    data_dir: &std::path::Path,
+) -> Result<std::sync::Arc<redb::Database>, redb::DatabaseError> {
     redb::Database::create(data_dir.join(DB_FILE)).map(std::sync::Arc::new)
 }
 
@@ -94,10 +96,16 @@ pub(crate) mod serr {
     pub fn write_state_machine<E: Display + ?Sized>(e: &E) -> StorageError {
         mk(ErrorSubject::StateMachine, ErrorVerb::Write, e)
     }
-    pub fn read_snapshot<E: Display + ?Sized>(sig: Option<SnapshotSignature<u64>>, e: &E) -> StorageError {
+    pub fn read_snapshot<E: Display + ?Sized>(
+        sig: Option<SnapshotSignature<u64>>,
+        e: &E,
+    ) -> StorageError {
         mk(ErrorSubject::Snapshot(sig), ErrorVerb::Read, e)
     }
-    pub fn write_snapshot<E: Display + ?Sized>(sig: Option<SnapshotSignature<u64>>, e: &E) -> StorageError {
+    pub fn write_snapshot<E: Display + ?Sized>(
+        sig: Option<SnapshotSignature<u64>>,
+        e: &E,
+    ) -> StorageError {
         mk(ErrorSubject::Snapshot(sig), ErrorVerb::Write, e)
     }
 }

@@ -10,11 +10,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use protocol::domain::CoordinatorAddr;
 use serde::{Deserialize, Serialize};
@@ -123,10 +125,16 @@ impl PeerClient {
     /// A client that presents `leaf` and trusts `ca_pem`.
     pub fn new(ca_pem: &str, leaf: &pki::CertKeyPem) -> Result<Self, PeerError> {
         let setup = |message: String| PeerError::Setup { message };
-        let client_cfg = pki::quinn_client_config(ca_pem, leaf, pki::ALPN_RAFT).map_err(|e| setup(e.to_string()))?;
+        let client_cfg = pki::quinn_client_config(ca_pem, leaf, pki::ALPN_RAFT)
+            .map_err(|e| setup(e.to_string()))?;
         let bind: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0));
-        let endpoint = quinn::Endpoint::client(bind).map_err(|e| setup(format!("bind QUIC client socket: {e}")))?;
-        Ok(PeerClient { endpoint, client_cfg, conns: Mutex::new(HashMap::new()) })
+        let endpoint = quinn::Endpoint::client(bind)
+            .map_err(|e| setup(format!("bind QUIC client socket: {e}")))?;
+        Ok(PeerClient {
+            endpoint,
+            client_cfg,
+            conns: Mutex::new(HashMap::new()),
+        })
     }
 
     async fn connection(&self, addr: &str) -> Result<quinn::Connection, PeerError> {
@@ -137,13 +145,19 @@ impl PeerClient {
             }
             conns.remove(addr);
         }
-        let err = |message: String| PeerError::Connect { addr: addr.to_owned(), message };
+        let err = |message: String| PeerError::Connect {
+            addr: addr.to_owned(),
+            message,
+        };
         let sock = tokio::net::lookup_host(addr)
             .await
             .map_err(|e| err(e.to_string()))?
             .next()
             .ok_or_else(|| err("no address".into()))?;
-        let host = addr.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or(addr);
+        let host = addr
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_matches(['[', ']']))
+            .unwrap_or(addr);
         let connecting = self
             .endpoint
             .connect_with(self.client_cfg.clone(), sock, host)
@@ -157,8 +171,16 @@ impl PeerClient {
     }
 
     /// One request/reply exchange with `addr`, bounded by `timeout`.
-    pub async fn call(&self, addr: &str, req: &PeerRequest, timeout: Duration) -> Result<PeerReply, PeerError> {
-        let stream_err = |message: String| PeerError::Stream { addr: addr.to_owned(), message };
+    pub async fn call(
+        &self,
+        addr: &str,
+        req: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerReply, PeerError> {
+        let stream_err = |message: String| PeerError::Stream {
+            addr: addr.to_owned(),
+            message,
+        };
         let fut = async {
             let conn = self.connection(addr).await?;
             let (mut send, mut recv) = match conn.open_bi().await {
@@ -168,10 +190,16 @@ impl PeerClient {
                     return Err(stream_err(e.to_string()));
                 }
             };
-            let bytes = protocol::frame::encode(protocol::version::CURRENT, req).map_err(|e| stream_err(e.to_string()))?;
-            send.write_all(&bytes).await.map_err(|e| stream_err(e.to_string()))?;
+            let bytes = protocol::frame::encode(protocol::version::CURRENT, req)
+                .map_err(|e| stream_err(e.to_string()))?;
+            send.write_all(&bytes)
+                .await
+                .map_err(|e| stream_err(e.to_string()))?;
             send.finish().map_err(|e| stream_err(e.to_string()))?;
-            let reply = recv.read_to_end(MAX_RPC + 4).await.map_err(|e| stream_err(e.to_string()))?;
+            let reply = recv
+                .read_to_end(MAX_RPC + 4)
+                .await
+                .map_err(|e| stream_err(e.to_string()))?;
             match protocol::frame::decode::<PeerReply>(&reply) {
                 Ok(Some((frame, _))) => Ok(frame.body),
                 Ok(None) => Err(stream_err("truncated reply".into())),
@@ -180,7 +208,10 @@ impl PeerClient {
         };
         tokio::time::timeout(timeout, fut)
             .await
-            .map_err(|_| PeerError::Timeout { addr: addr.to_owned(), timeout })?
+            .map_err(|_| PeerError::Timeout {
+                addr: addr.to_owned(),
+                timeout,
+            })?
     }
 }
 
@@ -208,7 +239,11 @@ pub struct Conn {
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Conn;
     async fn new_client(&mut self, target: u64, node: &CoordinatorAddr) -> Conn {
-        Conn { client: self.client.clone(), target, addr: node.raft_addr.clone() }
+        Conn {
+            client: self.client.clone(),
+            target,
+            addr: node.raft_addr.clone(),
+        }
     }
 }
 
@@ -219,12 +254,19 @@ fn unreachable<E: std::error::Error>(e: &PeerError) -> RPCError<u64, Coordinator
     }
 }
 
-fn unexpected<E: std::error::Error>(target: u64, what: &str, reply: PeerReply) -> RPCError<u64, CoordinatorAddr, E> {
+fn unexpected<E: std::error::Error>(
+    target: u64,
+    what: &str,
+    reply: PeerReply,
+) -> RPCError<u64, CoordinatorAddr, E> {
     let msg = match reply {
         PeerReply::Error(m) => m,
         other => format!("unexpected reply to {what}: {other:?}"),
     };
-    RPCError::Network(NetworkError::new(&PeerError::Stream { addr: format!("coordinator {target}"), message: msg }))
+    RPCError::Network(NetworkError::new(&PeerError::Stream {
+        addr: format!("coordinator {target}"),
+        message: msg,
+    }))
 }
 
 impl RaftNetwork<TypeConfig> for Conn {
@@ -233,7 +275,15 @@ impl RaftNetwork<TypeConfig> for Conn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, CoordinatorAddr, RaftError<u64>>> {
-        match self.client.call(&self.addr, &PeerRequest::AppendEntries(rpc), option.hard_ttl()).await {
+        match self
+            .client
+            .call(
+                &self.addr,
+                &PeerRequest::AppendEntries(rpc),
+                option.hard_ttl(),
+            )
+            .await
+        {
             Ok(PeerReply::AppendEntries(r)) => Ok(r),
             Ok(other) => Err(unexpected(self.target, "append_entries", other)),
             Err(e) => Err(unreachable(&e)),
@@ -244,9 +294,19 @@ impl RaftNetwork<TypeConfig> for Conn {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, CoordinatorAddr, RaftError<u64, InstallSnapshotError>>>
-    {
-        match self.client.call(&self.addr, &PeerRequest::InstallSnapshot(rpc), option.hard_ttl()).await {
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, CoordinatorAddr, RaftError<u64, InstallSnapshotError>>,
+    > {
+        match self
+            .client
+            .call(
+                &self.addr,
+                &PeerRequest::InstallSnapshot(rpc),
+                option.hard_ttl(),
+            )
+            .await
+        {
             Ok(PeerReply::InstallSnapshot(r)) => Ok(r),
             Ok(PeerReply::SnapshotMismatch(m)) => Err(RPCError::RemoteError(RemoteError::new(
                 self.target,
@@ -262,7 +322,11 @@ impl RaftNetwork<TypeConfig> for Conn {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, CoordinatorAddr, RaftError<u64>>> {
-        match self.client.call(&self.addr, &PeerRequest::Vote(rpc), option.hard_ttl()).await {
+        match self
+            .client
+            .call(&self.addr, &PeerRequest::Vote(rpc), option.hard_ttl())
+            .await
+        {
             Ok(PeerReply::Vote(r)) => Ok(r),
             Ok(other) => Err(unexpected(self.target, "vote", other)),
             Err(e) => Err(unreachable(&e)),
@@ -278,9 +342,9 @@ pub async fn handle(raft: &Raft, req: PeerRequest) -> PeerReply {
         E: std::error::Error + TryAsForward,
     {
         match e {
-            RE::APIError(api) => api.forward().map(|f| {
-                PeerReply::NotLeader(f.leader_id.zip(f.leader_node.clone()))
-            }),
+            RE::APIError(api) => api
+                .forward()
+                .map(|f| PeerReply::NotLeader(f.leader_id.zip(f.leader_node.clone()))),
             RE::Fatal(_) => None,
         }
     }
@@ -295,12 +359,15 @@ pub async fn handle(raft: &Raft, req: PeerRequest) -> PeerReply {
         },
         PeerRequest::InstallSnapshot(r) => match raft.install_snapshot(r).await {
             Ok(r) => PeerReply::InstallSnapshot(r),
-            Err(RE::APIError(InstallSnapshotError::SnapshotMismatch(m))) => PeerReply::SnapshotMismatch(m),
+            Err(RE::APIError(InstallSnapshotError::SnapshotMismatch(m))) => {
+                PeerReply::SnapshotMismatch(m)
+            }
             Err(e) => PeerReply::Error(e.to_string()),
         },
         PeerRequest::Write(r) => match raft.client_write(r).await {
             Ok(resp) => PeerReply::Write(resp.data),
-            Err(e) => not_leader::<ClientWriteError<u64, CoordinatorAddr>>(&e).unwrap_or_else(|| PeerReply::Error(e.to_string())),
+            Err(e) => not_leader::<ClientWriteError<u64, CoordinatorAddr>>(&e)
+                .unwrap_or_else(|| PeerReply::Error(e.to_string())),
         },
         PeerRequest::ReadIndex => match raft.ensure_linearizable().await {
             Ok(id) => PeerReply::ReadIndex(id.map(|l| l.index).unwrap_or(0)),
@@ -375,7 +442,9 @@ pub async fn serve(endpoint: quinn::Endpoint, raft: Raft) {
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 let raft = raft.clone();
                 tokio::spawn(async move {
-                    let Ok(bytes) = recv.read_to_end(MAX_RPC + 4).await else { return };
+                    let Ok(bytes) = recv.read_to_end(MAX_RPC + 4).await else {
+                        return;
+                    };
                     let reply = match protocol::frame::decode::<PeerRequest>(&bytes) {
                         Ok(Some((frame, _))) => handle(&raft, frame.body).await,
                         Ok(None) => PeerReply::Error("truncated request".into()),

@@ -126,10 +126,16 @@ impl StateMachineStore {
     /// `replace_all` clears stored objects first (snapshot install).
     fn persist(&self, keys: Vec<Key>, replace_all: bool) -> Result<(), std::io::Error> {
         let (writes, applied, membership) = {
-            let g = self.shared.read().map_err(|_| std::io::Error::other("state lock poisoned"))?;
+            let g = self
+                .shared
+                .read()
+                .map_err(|_| std::io::Error::other("state lock poisoned"))?;
             let mut writes = Vec::with_capacity(keys.len());
             for k in &keys {
-                writes.push((State::storage_key(k), g.state.encode_object(k).map_err(io_err)?));
+                writes.push((
+                    State::storage_key(k),
+                    g.state.encode_object(k).map_err(io_err)?,
+                ));
             }
             (
                 writes,
@@ -146,7 +152,9 @@ impl StateMachineStore {
             for (k, v) in &writes {
                 match v {
                     Some(bytes) => {
-                        objects.insert(k.as_str(), bytes.as_slice()).map_err(io_err)?;
+                        objects
+                            .insert(k.as_str(), bytes.as_slice())
+                            .map_err(io_err)?;
                     }
                     None => {
                         objects.remove(k.as_str()).map_err(io_err)?;
@@ -155,7 +163,8 @@ impl StateMachineStore {
             }
             let mut meta = txn.open_table(SM_META).map_err(io_err)?;
             meta.insert(APPLIED, applied.as_slice()).map_err(io_err)?;
-            meta.insert(MEMBERSHIP, membership.as_slice()).map_err(io_err)?;
+            meta.insert(MEMBERSHIP, membership.as_slice())
+                .map_err(io_err)?;
         }
         txn.commit().map_err(io_err)
     }
@@ -174,28 +183,45 @@ impl StateMachineStore {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (data, last_applied, membership) = {
-            let g = self.shared.read().map_err(|_| sm_read(std::io::Error::other("state lock poisoned")))?;
+            let g = self
+                .shared
+                .read()
+                .map_err(|_| sm_read(std::io::Error::other("state lock poisoned")))?;
             let image = Image {
                 v: IMAGE_VERSION,
                 last_applied: g.last_applied,
                 membership: g.membership.clone(),
                 state: g.state.clone(),
             };
-            (postcard::to_stdvec(&image).map_err(sm_read)?, g.last_applied, g.membership.clone())
+            (
+                postcard::to_stdvec(&image).map_err(sm_read)?,
+                g.last_applied,
+                g.membership.clone(),
+            )
         };
         let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}-{seq}", l.leader_id, l.index),
             None => format!("--{seq}"),
         };
-        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
-        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        };
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.save_snapshot(&stored))
             .await
             .map_err(|e| super::serr::write_snapshot(Some(meta.signature()), &io_err(e)))?
             .map_err(|e| super::serr::write_snapshot(Some(meta.signature()), &e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }
 
@@ -203,7 +229,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        let g = self.shared.read().map_err(|_| sm_read(std::io::Error::other("state lock poisoned")))?;
+        let g = self
+            .shared
+            .read()
+            .map_err(|_| sm_read(std::io::Error::other("state lock poisoned")))?;
         Ok((g.last_applied, g.membership.clone()))
     }
 
@@ -213,17 +242,28 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let (responses, dirty) = {
-            let mut g = self.shared.write().map_err(|_| sm_write(std::io::Error::other("state lock poisoned")))?;
+            let mut g = self
+                .shared
+                .write()
+                .map_err(|_| sm_write(std::io::Error::other("state lock poisoned")))?;
             let mut responses = Vec::new();
             for entry in entries {
                 let idx = entry.log_id.index;
                 g.last_applied = Some(entry.log_id);
                 let resp = match entry.payload {
-                    EntryPayload::Blank => Response { revision: idx, result: Ok(Applied::Done), replayed: false },
+                    EntryPayload::Blank => Response {
+                        revision: idx,
+                        result: Ok(Applied::Done),
+                        replayed: false,
+                    },
                     EntryPayload::Normal(req) => g.state.apply(idx, &req),
                     EntryPayload::Membership(m) => {
                         g.membership = StoredMembership::new(Some(entry.log_id), m);
-                        Response { revision: idx, result: Ok(Applied::Done), replayed: false }
+                        Response {
+                            revision: idx,
+                            result: Ok(Applied::Done),
+                            replayed: false,
+                        }
                     }
                 };
                 responses.push(resp);
@@ -257,11 +297,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if image.v != IMAGE_VERSION {
             return Err(super::serr::read_snapshot(
                 Some(meta.signature()),
-                &std::io::Error::other(format!("snapshot image version {} is not supported", image.v)),
+                &std::io::Error::other(format!(
+                    "snapshot image version {} is not supported",
+                    image.v
+                )),
             ));
         }
         let keys = {
-            let mut g = self.shared.write().map_err(|_| sm_write(std::io::Error::other("state lock poisoned")))?;
+            let mut g = self
+                .shared
+                .write()
+                .map_err(|_| sm_write(std::io::Error::other("state lock poisoned")))?;
             g.state = image.state;
             g.state.rebuild_indexes();
             g.state.take_dirty();
@@ -269,7 +315,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             g.membership = meta.last_membership.clone();
             g.state.all_keys()
         };
-        let stored = StoredSnapshot { meta: meta.clone(), data };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
         let this = self.clone();
         let sig = meta.signature();
         tokio::task::spawn_blocking(move || {
@@ -289,6 +338,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(None);
         };
         let stored: StoredSnapshot = postcard::from_bytes(v.value()).map_err(sm_read)?;
-        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+        Ok(Some(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
     }
 }

@@ -3,15 +3,17 @@
 use std::collections::BTreeSet;
 
 use protocol::domain::{
-    InventoryRecord, Node, NodeState, Project, Rack, Role, Site, TokenRecord, UnixMillis, User,
-    AuditEntry, BootTarget,
+    AuditEntry, BootTarget, InventoryRecord, Node, NodeState, Project, Rack, Role, Site,
+    TokenRecord, UnixMillis, User,
 };
 use protocol::error::{ErrorBody, ErrorCode};
 use protocol::json::JsonValue;
 use protocol::{Mac, NodeId, ProjectId, RackId, Revision, Serial, SiteId, Tag, TokenId, UserName};
 use serde::{Deserialize, Serialize};
 
-use super::{refuse, refuse_field, ClusterInfo, Key, Refusal, Session, State, SESSION_RETENTION_MS};
+use super::{
+    refuse, refuse_field, ClusterInfo, Key, Refusal, Session, State, SESSION_RETENTION_MS,
+};
 
 /// A change to the desired state, as committed to the Raft log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -237,11 +239,19 @@ impl State {
             },
         );
         self.dirty.insert(Key::Audit(revision));
-        let response = Response { revision, result, replayed: false };
+        let response = Response {
+            revision,
+            result,
+            replayed: false,
+        };
         if let Some(id) = &req.request_id {
             self.sessions.insert(
                 id.clone(),
-                Session { at: req.at, revision, response: response.clone() },
+                Session {
+                    at: req.at,
+                    revision,
+                    response: response.clone(),
+                },
             );
             self.session_order.insert((req.at, id.clone()));
             self.dirty.insert(Key::Session(id.clone()));
@@ -261,15 +271,27 @@ impl State {
         }
     }
 
-    fn apply_command(&mut self, rev: Revision, at: UnixMillis, cmd: &Command) -> Result<Applied, Refusal> {
+    fn apply_command(
+        &mut self,
+        rev: Revision,
+        at: UnixMillis,
+        cmd: &Command,
+    ) -> Result<Applied, Refusal> {
         match cmd {
             Command::InitCluster { info, admin, token } => {
                 if self.cluster.is_some() {
-                    return Err(refuse(ErrorCode::AlreadyExists, "cluster is already initialised"));
+                    return Err(refuse(
+                        ErrorCode::AlreadyExists,
+                        "cluster is already initialised",
+                    ));
                 }
                 self.cluster = Some(info.clone());
                 self.dirty.insert(Key::Cluster);
-                self.put_user(User { name: admin.clone(), role: Role::Admin, project: None })?;
+                self.put_user(User {
+                    name: admin.clone(),
+                    role: Role::Admin,
+                    project: None,
+                })?;
                 self.create_token(token.clone())?;
                 Ok(Applied::Done)
             }
@@ -280,12 +302,18 @@ impl State {
             }
             Command::DeleteSite(name) => {
                 if !self.sites.contains_key(name) {
-                    return Err(refuse(ErrorCode::NotFound, format!("site {name} does not exist")));
+                    return Err(refuse(
+                        ErrorCode::NotFound,
+                        format!("site {name} does not exist"),
+                    ));
                 }
                 if let Some(r) = self.racks.values().find(|r| &r.site == name) {
                     return Err(refuse(
                         ErrorCode::Conflict,
-                        format!("site {name} still has rack {}; delete its racks first", r.name),
+                        format!(
+                            "site {name} still has rack {}; delete its racks first",
+                            r.name
+                        ),
                     ));
                 }
                 self.sites.remove(name);
@@ -306,18 +334,27 @@ impl State {
             }
             Command::DeleteRack(name) => {
                 if !self.racks.contains_key(name) {
-                    return Err(refuse(ErrorCode::NotFound, format!("rack {name} does not exist")));
+                    return Err(refuse(
+                        ErrorCode::NotFound,
+                        format!("rack {name} does not exist"),
+                    ));
                 }
                 if let Some(i) = self.inventory.values().find(|i| &i.rack == name) {
                     return Err(refuse(
                         ErrorCode::Conflict,
-                        format!("rack {name} is still referenced by inventory serial {}", i.serial),
+                        format!(
+                            "rack {name} is still referenced by inventory serial {}",
+                            i.serial
+                        ),
                     ));
                 }
                 if let Some(n) = self.nodes.values().find(|n| n.rack.as_ref() == Some(name)) {
                     return Err(refuse(
                         ErrorCode::Conflict,
-                        format!("rack {name} still holds node {} (serial {})", n.id, n.serial),
+                        format!(
+                            "rack {name} still holds node {} (serial {})",
+                            n.id, n.serial
+                        ),
                     ));
                 }
                 self.racks.remove(name);
@@ -343,20 +380,35 @@ impl State {
             }
             Command::DeleteInventory(serial) => {
                 if self.inventory.remove(serial).is_none() {
-                    return Err(refuse(ErrorCode::NotFound, format!("no inventory record for serial {serial}")));
+                    return Err(refuse(
+                        ErrorCode::NotFound,
+                        format!("no inventory record for serial {serial}"),
+                    ));
                 }
                 self.dirty.insert(Key::Inventory(serial.clone()));
                 Ok(Applied::Done)
             }
-            Command::RegisterNode { id, serial, rack, macs } => {
+            Command::RegisterNode {
+                id,
+                serial,
+                rack,
+                macs,
+            } => {
                 if let Some(r) = rack {
                     if !self.racks.contains_key(r) {
-                        return Err(refuse_field(ErrorCode::InvalidField, "rack", format!("rack {r} does not exist")));
+                        return Err(refuse_field(
+                            ErrorCode::InvalidField,
+                            "rack",
+                            format!("rack {r} does not exist"),
+                        ));
                     }
                 }
                 if let Some(existing) = self.node_by_serial.get(serial).copied() {
                     let node = self.nodes.get_mut(&existing).ok_or_else(|| {
-                        refuse(ErrorCode::Internal, format!("index names missing node {existing}"))
+                        refuse(
+                            ErrorCode::Internal,
+                            format!("index names missing node {existing}"),
+                        )
                     })?;
                     for m in macs {
                         if !node.macs.contains(m) {
@@ -371,7 +423,10 @@ impl State {
                     return Ok(Applied::Node(Box::new(node.clone())));
                 }
                 if self.nodes.contains_key(id) {
-                    return Err(refuse(ErrorCode::AlreadyExists, format!("node id {id} is taken")));
+                    return Err(refuse(
+                        ErrorCode::AlreadyExists,
+                        format!("node id {id} is taken"),
+                    ));
                 }
                 let expected = self.inventory.get(serial);
                 let node = Node {
@@ -395,25 +450,36 @@ impl State {
             Command::PatchNode { id, patch } => {
                 if let Some(Some(p)) = &patch.project {
                     if !self.projects.contains_key(p) {
-                        return Err(refuse_field(ErrorCode::InvalidField, "project", format!("project {p} does not exist")));
+                        return Err(refuse_field(
+                            ErrorCode::InvalidField,
+                            "project",
+                            format!("project {p} does not exist"),
+                        ));
                     }
                 }
-                let node = self
-                    .nodes
-                    .get_mut(id)
-                    .ok_or_else(|| refuse(ErrorCode::NotFound, format!("node {id} does not exist")))?;
+                let node = self.nodes.get_mut(id).ok_or_else(|| {
+                    refuse(ErrorCode::NotFound, format!("node {id} does not exist"))
+                })?;
                 if let Some(to) = patch.state {
                     if !node.state.can_become(to) {
                         return Err(refuse_field(
                             ErrorCode::InvalidTransition,
                             "state",
-                            format!("node {id} cannot go from {} to {}", node.state.as_str(), to.as_str()),
+                            format!(
+                                "node {id} cannot go from {} to {}",
+                                node.state.as_str(),
+                                to.as_str()
+                            ),
                         ));
                     }
                 }
                 if let Some(facts) = &patch.facts {
                     let serde_json::Value::Object(new) = &facts.0 else {
-                        return Err(refuse_field(ErrorCode::InvalidField, "facts", "facts must be a JSON object"));
+                        return Err(refuse_field(
+                            ErrorCode::InvalidField,
+                            "facts",
+                            "facts must be a JSON object",
+                        ));
                     };
                     if let serde_json::Value::Object(cur) = &mut node.facts.0 {
                         for (k, v) in new {
@@ -446,13 +512,30 @@ impl State {
             }
             Command::DeleteProject(name) => {
                 if !self.projects.contains_key(name) {
-                    return Err(refuse(ErrorCode::NotFound, format!("project {name} does not exist")));
+                    return Err(refuse(
+                        ErrorCode::NotFound,
+                        format!("project {name} does not exist"),
+                    ));
                 }
-                if let Some(n) = self.nodes.values().find(|n| n.project.as_ref() == Some(name)) {
-                    return Err(refuse(ErrorCode::Conflict, format!("project {name} still owns node {}", n.id)));
+                if let Some(n) = self
+                    .nodes
+                    .values()
+                    .find(|n| n.project.as_ref() == Some(name))
+                {
+                    return Err(refuse(
+                        ErrorCode::Conflict,
+                        format!("project {name} still owns node {}", n.id),
+                    ));
                 }
-                if let Some(u) = self.users.values().find(|u| u.project.as_ref() == Some(name)) {
-                    return Err(refuse(ErrorCode::Conflict, format!("project {name} still has member {}", u.name)));
+                if let Some(u) = self
+                    .users
+                    .values()
+                    .find(|u| u.project.as_ref() == Some(name))
+                {
+                    return Err(refuse(
+                        ErrorCode::Conflict,
+                        format!("project {name} still has member {}", u.name),
+                    ));
                 }
                 self.projects.remove(name);
                 self.dirty.insert(Key::Project(name.clone()));
@@ -464,15 +547,32 @@ impl State {
             }
             Command::DeleteUser(name) => {
                 let Some(user) = self.users.get(name) else {
-                    return Err(refuse(ErrorCode::NotFound, format!("user {name} does not exist")));
+                    return Err(refuse(
+                        ErrorCode::NotFound,
+                        format!("user {name} does not exist"),
+                    ));
                 };
-                if user.role == Role::Admin && self.users.values().filter(|u| u.role == Role::Admin).count() == 1 {
-                    return Err(refuse(ErrorCode::Conflict, format!("{name} is the last admin")));
+                if user.role == Role::Admin
+                    && self
+                        .users
+                        .values()
+                        .filter(|u| u.role == Role::Admin)
+                        .count()
+                        == 1
+                {
+                    return Err(refuse(
+                        ErrorCode::Conflict,
+                        format!("{name} is the last admin"),
+                    ));
                 }
                 self.users.remove(name);
                 self.dirty.insert(Key::User(name.clone()));
-                let revoked: Vec<TokenId> =
-                    self.tokens.values().filter(|t| &t.user == name).map(|t| t.id).collect();
+                let revoked: Vec<TokenId> = self
+                    .tokens
+                    .values()
+                    .filter(|t| &t.user == name)
+                    .map(|t| t.id)
+                    .collect();
                 for id in revoked {
                     self.remove_token(id);
                 }
@@ -484,7 +584,10 @@ impl State {
             }
             Command::DeleteToken(id) => {
                 if !self.tokens.contains_key(id) {
-                    return Err(refuse(ErrorCode::NotFound, format!("token {id} does not exist")));
+                    return Err(refuse(
+                        ErrorCode::NotFound,
+                        format!("token {id} does not exist"),
+                    ));
                 }
                 self.remove_token(*id);
                 Ok(Applied::Done)
@@ -526,7 +629,10 @@ impl State {
                     return Err(refuse_field(
                         ErrorCode::InvalidField,
                         &format!("[{i}].rack"),
-                        format!("rack {} stands in site {}, not {}", r.rack, rack.site, r.site),
+                        format!(
+                            "rack {} stands in site {}, not {}",
+                            r.rack, rack.site, r.site
+                        ),
                     ))
                 }
                 Some(_) => {}
@@ -534,7 +640,9 @@ impl State {
             match self.inventory.get(&r.serial) {
                 None => report.created.push(r.serial.clone()),
                 Some(old) if same_inventory(old, r) => report.unchanged.push(r.serial.clone()),
-                Some(old) => report.updated.push((r.serial.clone(), changed_fields(old, r))),
+                Some(old) => report
+                    .updated
+                    .push((r.serial.clone(), changed_fields(old, r))),
             }
         }
         Ok(report)
@@ -543,23 +651,44 @@ impl State {
     fn put_user(&mut self, u: User) -> Result<(), Refusal> {
         match (&u.role, &u.project) {
             (Role::ProjectMember, None) => {
-                return Err(refuse_field(ErrorCode::InvalidField, "project", "a project_member needs a project"))
+                return Err(refuse_field(
+                    ErrorCode::InvalidField,
+                    "project",
+                    "a project_member needs a project",
+                ))
             }
             (Role::ProjectMember, Some(p)) if !self.projects.contains_key(p) => {
-                return Err(refuse_field(ErrorCode::InvalidField, "project", format!("project {p} does not exist")))
+                return Err(refuse_field(
+                    ErrorCode::InvalidField,
+                    "project",
+                    format!("project {p} does not exist"),
+                ))
             }
             (Role::ProjectMember, Some(_)) => {}
             (_, Some(_)) => {
-                return Err(refuse_field(ErrorCode::InvalidField, "project", "only a project_member has a project"))
+                return Err(refuse_field(
+                    ErrorCode::InvalidField,
+                    "project",
+                    "only a project_member has a project",
+                ))
             }
             (_, None) => {}
         }
         if let Some(old) = self.users.get(&u.name) {
             if old.role == Role::Admin
                 && u.role != Role::Admin
-                && self.users.values().filter(|x| x.role == Role::Admin).count() == 1
+                && self
+                    .users
+                    .values()
+                    .filter(|x| x.role == Role::Admin)
+                    .count()
+                    == 1
             {
-                return Err(refuse_field(ErrorCode::Conflict, "role", format!("{} is the last admin", u.name)));
+                return Err(refuse_field(
+                    ErrorCode::Conflict,
+                    "role",
+                    format!("{} is the last admin", u.name),
+                ));
             }
         }
         self.dirty.insert(Key::User(u.name.clone()));
@@ -569,10 +698,17 @@ impl State {
 
     fn create_token(&mut self, t: TokenRecord) -> Result<(), Refusal> {
         if !self.users.contains_key(&t.user) {
-            return Err(refuse_field(ErrorCode::InvalidField, "user", format!("user {} does not exist", t.user)));
+            return Err(refuse_field(
+                ErrorCode::InvalidField,
+                "user",
+                format!("user {} does not exist", t.user),
+            ));
         }
         if self.tokens.contains_key(&t.id) || self.token_by_hash.contains_key(&t.hash) {
-            return Err(refuse(ErrorCode::AlreadyExists, format!("token {} already exists", t.id)));
+            return Err(refuse(
+                ErrorCode::AlreadyExists,
+                format!("token {} already exists", t.id),
+            ));
         }
         self.token_by_hash.insert(t.hash.clone(), t.id);
         self.dirty.insert(Key::Token(t.id));
@@ -612,8 +748,12 @@ fn changed_fields(a: &InventoryRecord, b: &InventoryRecord) -> Vec<String> {
         (Some(x), Some(y)) => {
             x.address == y.address
                 && x.driver == y.driver
-                && x.credentials.as_ref().map(|c| (&c.username, &c.fingerprint))
-                    == y.credentials.as_ref().map(|c| (&c.username, &c.fingerprint))
+                && x.credentials
+                    .as_ref()
+                    .map(|c| (&c.username, &c.fingerprint))
+                    == y.credentials
+                        .as_ref()
+                        .map(|c| (&c.username, &c.fingerprint))
         }
         _ => false,
     };

@@ -20,7 +20,9 @@ use protocol::error::{ErrorBody, ErrorCode};
 use protocol::{NodeId, ProjectId, RackId, Revision, Serial, SiteId, TokenId, UserName};
 use serde::{Deserialize, Serialize};
 
-pub use apply::{Applied, Command, ImportItem, ImportReport, ImportOutcome, NodePatch, Request, Response};
+pub use apply::{
+    Applied, Command, ImportItem, ImportOutcome, ImportReport, NodePatch, Request, Response,
+};
 
 /// How long an idempotency key is remembered after its request was applied.
 pub const SESSION_RETENTION_MS: UnixMillis = 24 * 60 * 60 * 1000;
@@ -119,19 +121,35 @@ pub type Refusal = ErrorBody;
 impl State {
     /// Rebuild derived indexes after loading or installing a snapshot.
     pub fn rebuild_indexes(&mut self) {
-        self.node_by_serial = self.nodes.values().map(|n| (n.serial.clone(), n.id)).collect();
-        self.token_by_hash = self.tokens.values().map(|t| (t.hash.clone(), t.id)).collect();
-        self.session_order = self.sessions.iter().map(|(k, s)| (s.at, k.clone())).collect();
+        self.node_by_serial = self
+            .nodes
+            .values()
+            .map(|n| (n.serial.clone(), n.id))
+            .collect();
+        self.token_by_hash = self
+            .tokens
+            .values()
+            .map(|t| (t.hash.clone(), t.id))
+            .collect();
+        self.session_order = self
+            .sessions
+            .iter()
+            .map(|(k, s)| (s.at, k.clone()))
+            .collect();
     }
 
     /// The node with this serial, if registered.
     pub fn node_by_serial(&self, serial: &Serial) -> Option<&Node> {
-        self.node_by_serial.get(serial).and_then(|id| self.nodes.get(id))
+        self.node_by_serial
+            .get(serial)
+            .and_then(|id| self.nodes.get(id))
     }
 
     /// The token whose secret hashes to `hash`.
     pub fn token_by_hash(&self, hash: &str) -> Option<&TokenRecord> {
-        self.token_by_hash.get(hash).and_then(|id| self.tokens.get(id))
+        self.token_by_hash
+            .get(hash)
+            .and_then(|id| self.tokens.get(id))
     }
 
     /// Objects touched since the last call, for the storage layer to persist.
@@ -195,7 +213,9 @@ impl State {
 
     /// Load one stored object by its storage key (inverse of [`State::storage_key`]).
     pub fn load_object(&mut self, storage_key: &str, bytes: &[u8]) -> Result<(), String> {
-        let (kind, _) = storage_key.split_once('/').ok_or_else(|| format!("bad key {storage_key:?}"))?;
+        let (kind, _) = storage_key
+            .split_once('/')
+            .ok_or_else(|| format!("bad key {storage_key:?}"))?;
         let err = |e: postcard::Error| format!("{storage_key}: {e}");
         match kind {
             "cluster" => self.cluster = Some(postcard::from_bytes(bytes).map_err(err)?),

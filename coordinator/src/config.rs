@@ -1,0 +1,234 @@
+//! Coordinator configuration: TOML read into a raw shape (unknown keys rejected), then
+//! validated into [`Config`]. Every error names the file and the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default cluster name.
+pub const DEFAULT_CLUSTER_NAME: &str = "metalfleet";
+/// Default API listen address (HTTPS).
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7443";
+/// Default Raft listen address (QUIC, UDP).
+pub const DEFAULT_RAFT_LISTEN: &str = "127.0.0.1:7444";
+/// Default request body limit for the REST API.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// A configuration problem, naming where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    /// The config file.
+    pub file: String,
+    /// The offending key (dotted path), or `-` for the whole file.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    id: Option<u64>,
+    cluster_name: Option<String>,
+    data_dir: Option<PathBuf>,
+    api_listen: Option<String>,
+    raft_listen: Option<String>,
+    api_url: Option<String>,
+    raft_addr: Option<String>,
+    sealing_key_file: Option<PathBuf>,
+    max_body_bytes: Option<usize>,
+}
+
+/// Validated coordinator configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from (for messages).
+    pub file: PathBuf,
+    /// This coordinator's Raft member id (unique, non-zero).
+    pub id: u64,
+    /// Cluster name (in the CA's subject and Raft config).
+    pub cluster_name: String,
+    /// Holds `raft.redb`, `tls/` and by default the sealing key.
+    pub data_dir: PathBuf,
+    /// Socket the HTTPS REST API listens on.
+    pub api_listen: SocketAddr,
+    /// UDP socket the QUIC Raft endpoint listens on.
+    pub raft_listen: SocketAddr,
+    /// URL other coordinators and clients use to reach the API (`https://host:port`).
+    pub api_url: String,
+    /// `host:port` other coordinators use for Raft.
+    pub raft_addr: String,
+    /// File holding the at-rest sealing key (base64, 32 bytes, mode 0600).
+    pub sealing_key_file: PathBuf,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "-".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates config text (`path` is used in messages and for relative paths).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let err = |key: &str, message: String| ConfigError {
+            file: file.clone(),
+            key: key.to_owned(),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_owned();
+            let key = msg
+                .strip_prefix("unknown field `")
+                .and_then(|r| r.split('`').next())
+                .map(str::to_owned)
+                .unwrap_or_else(|| "-".to_owned());
+            err(&key, msg)
+        })?;
+        let id = raw
+            .id
+            .ok_or_else(|| err("id", "required: this coordinator's Raft member id".into()))?;
+        if id == 0 {
+            return Err(err("id", "must be greater than 0".into()));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let data_dir = raw
+            .data_dir
+            .ok_or_else(|| err("data_dir", "required".into()))?;
+        let data_dir = if data_dir.is_relative() {
+            base.join(data_dir)
+        } else {
+            data_dir
+        };
+        let parse_addr =
+            |key: &str, v: Option<String>, default: &str| -> Result<SocketAddr, ConfigError> {
+                let s = v.unwrap_or_else(|| default.to_owned());
+                s.parse()
+                    .map_err(|_| err(key, format!("{s:?} is not an ip:port socket address")))
+            };
+        let api_listen = parse_addr("api_listen", raw.api_listen, DEFAULT_API_LISTEN)?;
+        let raft_listen = parse_addr("raft_listen", raw.raft_listen, DEFAULT_RAFT_LISTEN)?;
+        let api_url = raw
+            .api_url
+            .unwrap_or_else(|| format!("https://{api_listen}"));
+        if !api_url.starts_with("https://") {
+            return Err(err(
+                "api_url",
+                format!("{api_url:?} must start with https://"),
+            ));
+        }
+        let raft_addr = raw.raft_addr.unwrap_or_else(|| raft_listen.to_string());
+        if raft_addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(err("raft_addr", format!("{raft_addr:?} must be host:port")));
+        }
+        let cluster_name = raw
+            .cluster_name
+            .unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_owned());
+        if cluster_name.is_empty() || cluster_name.len() > 63 {
+            return Err(err("cluster_name", "must be 1..=63 characters".into()));
+        }
+        let sealing_key_file = match raw.sealing_key_file {
+            Some(p) if p.is_relative() => base.join(p),
+            Some(p) => p,
+            None => data_dir.join("sealing.key"),
+        };
+        let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes < 1024 {
+            return Err(err("max_body_bytes", "must be at least 1024".into()));
+        }
+        Ok(Config {
+            file: path.to_owned(),
+            id,
+            cluster_name,
+            data_dir,
+            api_listen,
+            raft_listen,
+            api_url,
+            raft_addr,
+            sealing_key_file,
+            max_body_bytes,
+        })
+    }
+
+    /// Directory of TLS material.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+
+    /// Host names/IPs this coordinator's certificate must cover.
+    pub fn cert_sans(&self) -> Vec<String> {
+        let mut sans = vec![
+            host_of(&self.raft_addr),
+            host_of(self.api_url.trim_start_matches("https://")),
+        ];
+        sans.push("localhost".into());
+        sans.sort();
+        sans.dedup();
+        sans
+    }
+}
+
+/// Host part of `host:port` (brackets of IPv6 literals removed).
+pub fn host_of(addr: &str) -> String {
+    let hostport = addr.split('/').next().unwrap_or(addr);
+    hostport
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(hostport)
+        .trim_matches(['[', ']'])
+        .to_owned()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let p = Path::new("/etc/mf/c.toml");
+        let e = Config::parse(p, "id = 1\ndata_dir = '/x'\nbogus = 3\n").unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.key.as_str()),
+            ("/etc/mf/c.toml", "bogus"),
+            "{e}"
+        );
+        let e = Config::parse(p, "data_dir = '/x'\n").unwrap_err();
+        assert_eq!(e.key, "id");
+        let e = Config::parse(p, "id = 1\ndata_dir = '/x'\napi_listen = 'nope'\n").unwrap_err();
+        assert_eq!(e.key, "api_listen");
+        assert!(
+            e.to_string().starts_with("/etc/mf/c.toml: api_listen: "),
+            "{e}"
+        );
+        let e = Config::parse(p, "id = 1\ndata_dir = '/x'\napi_url = 'http://a:1'\n").unwrap_err();
+        assert_eq!(e.key, "api_url");
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let c = Config::parse(Path::new("/etc/mf/c.toml"), "id = 2\ndata_dir = 'data'\n").unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/etc/mf/data"));
+        assert_eq!(
+            c.sealing_key_file,
+            PathBuf::from("/etc/mf/data/sealing.key")
+        );
+        assert_eq!(c.api_url, format!("https://{DEFAULT_API_LISTEN}"));
+        assert_eq!(c.raft_addr, DEFAULT_RAFT_LISTEN);
+        assert!(c.cert_sans().contains(&"127.0.0.1".to_owned()));
+    }
+}

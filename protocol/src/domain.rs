@@ -356,8 +356,11 @@ impl std::str::FromStr for NodeState {
 }
 
 /// What a node network-boots into next. Changing it is a desired-state change.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+///
+/// JSON shape (API): internally tagged, `{"kind": "install", "kernel": ..., ...}`. Binary
+/// shape (postcard: Raft log, snapshots, fleet link): externally tagged, because postcard
+/// cannot decode internally tagged enums.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum BootTarget {
     /// Do not answer its network boot (it falls through to the next boot device).
     #[default]
@@ -373,10 +376,8 @@ pub enum BootTarget {
         /// Initrd asset URL or asset name.
         initrd: String,
         /// Kernel command line.
-        #[serde(default)]
         cmdline: String,
         /// Name of the autoinstall template to render for this node, if any.
-        #[serde(default)]
         autoinstall: Option<String>,
     },
     /// Boot from an iSCSI target (`iscsi:<ip>::<port>:<lun>:<iqn>`).
@@ -384,6 +385,144 @@ pub enum BootTarget {
         /// iPXE SAN URI.
         target: String,
     },
+}
+
+/// The JSON shape of [`BootTarget`].
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[schema(as = BootTarget)]
+enum BootTargetJson {
+    /// Do not answer its network boot.
+    None,
+    /// The discovery/maintenance microkernel.
+    Discovery,
+    /// Boot the local disk.
+    Local,
+    /// Boot an installer.
+    Install {
+        /// Kernel asset URL or asset name.
+        kernel: String,
+        /// Initrd asset URL or asset name.
+        initrd: String,
+        /// Kernel command line.
+        #[serde(default)]
+        cmdline: String,
+        /// Autoinstall template name.
+        #[serde(default)]
+        autoinstall: Option<String>,
+    },
+    /// Boot from an iSCSI target.
+    Sanboot {
+        /// iPXE SAN URI.
+        target: String,
+    },
+}
+
+impl From<BootTargetJson> for BootTarget {
+    fn from(j: BootTargetJson) -> Self {
+        match j {
+            BootTargetJson::None => BootTarget::None,
+            BootTargetJson::Discovery => BootTarget::Discovery,
+            BootTargetJson::Local => BootTarget::Local,
+            BootTargetJson::Install {
+                kernel,
+                initrd,
+                cmdline,
+                autoinstall,
+            } => BootTarget::Install {
+                kernel,
+                initrd,
+                cmdline,
+                autoinstall,
+            },
+            BootTargetJson::Sanboot { target } => BootTarget::Sanboot { target },
+        }
+    }
+}
+
+impl From<BootTarget> for BootTargetJson {
+    fn from(b: BootTarget) -> Self {
+        match b {
+            BootTarget::None => BootTargetJson::None,
+            BootTarget::Discovery => BootTargetJson::Discovery,
+            BootTarget::Local => BootTargetJson::Local,
+            BootTarget::Install {
+                kernel,
+                initrd,
+                cmdline,
+                autoinstall,
+            } => BootTargetJson::Install {
+                kernel,
+                initrd,
+                cmdline,
+                autoinstall,
+            },
+            BootTarget::Sanboot { target } => BootTargetJson::Sanboot { target },
+        }
+    }
+}
+
+/// Serde glue choosing the shape by format; used as `#[serde(with = "boot_target_serde")]`.
+pub mod boot_target_serde {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{BootTarget, BootTargetJson};
+
+    /// Serialize in the format's shape.
+    pub fn serialize<S: Serializer>(b: &BootTarget, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            BootTargetJson::from(b.clone()).serialize(s)
+        } else {
+            b.serialize(s)
+        }
+    }
+
+    /// Deserialize from the format's shape.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BootTarget, D::Error> {
+        if d.is_human_readable() {
+            BootTargetJson::deserialize(d).map(BootTarget::from)
+        } else {
+            BootTarget::deserialize(d)
+        }
+    }
+
+    /// The same for `Option<BootTarget>`.
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        use super::super::{BootTarget, BootTargetJson};
+
+        /// Serialize.
+        pub fn serialize<S: Serializer>(b: &Option<BootTarget>, s: S) -> Result<S::Ok, S::Error> {
+            if s.is_human_readable() {
+                b.clone().map(BootTargetJson::from).serialize(s)
+            } else {
+                b.serialize(s)
+            }
+        }
+
+        /// Deserialize.
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<BootTarget>, D::Error> {
+            if d.is_human_readable() {
+                Option::<BootTargetJson>::deserialize(d).map(|o| o.map(BootTarget::from))
+            } else {
+                Option::<BootTarget>::deserialize(d)
+            }
+        }
+    }
+}
+
+impl utoipa::PartialSchema for BootTarget {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <BootTargetJson as utoipa::PartialSchema>::schema()
+    }
+}
+impl ToSchema for BootTarget {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "BootTarget".into()
+    }
 }
 
 /// A server Metalfleet knows as a machine (as opposed to an expected-inventory line).
@@ -402,6 +541,7 @@ pub struct Node {
     /// Facts reported by the microkernel and steps (free-form JSON object).
     pub facts: JsonValue,
     /// What it network-boots next.
+    #[serde(with = "boot_target_serde")]
     pub boot_target: BootTarget,
     /// Owning project, if allocated.
     pub project: Option<ProjectId>,

@@ -8,6 +8,8 @@
 //! version listed in [`version::SUPPORTED`], so coordinators and agents of adjacent releases can
 //! run side by side during a rolling upgrade.
 
+#![warn(missing_docs)]
+
 pub mod domain;
 pub mod error;
 pub mod fleet;

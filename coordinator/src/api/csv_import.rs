@@ -5,7 +5,7 @@
 //! and rack are required. Lists inside a cell are `;`-separated:
 //! - `nics`: `eno1=52:54:00:00:00:01@tor1:Ethernet1/1;eno2@tor1:Ethernet1/2` (MAC and
 //!   `@switch:port` optional),
-//! - `static_ips`: `eno1=10.0.0.5/24,10.0.0.1;bmc=10.1.0.5/24` (gateway optional),
+//! - `static_ips`: `eno1=10.0.0.5/24@10.0.0.1;bmc=10.1.0.5/24` (`@gateway` optional),
 //! - `tags`: `gpu;batch-7`.
 //!
 //! Errors name the line and column, e.g. `line 3: nics`.
@@ -177,10 +177,10 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<InventoryInput>, ApiError> {
                 bad(
                     line,
                     "static_ips",
-                    format!("{item:?} must be iface=addr/prefix[,gateway]"),
+                    format!("{item:?} must be iface=addr/prefix[@gateway]"),
                 )
             })?;
-            let (cidr, gw) = match rest.split_once(',') {
+            let (cidr, gw) = match rest.split_once('@') {
                 Some((c, g)) => (c, Some(g)),
                 None => (rest, None),
             };
@@ -246,7 +246,7 @@ mod tests {
     #[test]
     fn full_row() {
         let csv = "serial,site,rack,u_position,bmc_address,bmc_driver,bmc_username,bmc_password,nics,static_ips,tags\n\
-                   SN1,ams1,r1,12,10.1.0.5,redfish,root,calvin,eno1=52:54:00:00:00:01@tor1:Ethernet1/1;eno2@tor1:Ethernet1/2,eno1=10.0.0.5/24,10.0.0.1;bmc=10.1.0.5/24,gpu;b7\n";
+                   SN1,ams1,r1,12,10.1.0.5,redfish,root,calvin,eno1=52:54:00:00:00:01@tor1:Ethernet1/1;eno2@tor1:Ethernet1/2,eno1=10.0.0.5/24@10.0.0.1;bmc=10.1.0.5/24,gpu;b7\n";
         let r = parse(csv.as_bytes()).unwrap();
         assert_eq!(r.len(), 1);
         let r = &r[0];

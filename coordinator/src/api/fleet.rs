@@ -515,7 +515,7 @@ pub struct NodePatchInput {
     #[serde(default)]
     pub state: Option<NodeState>,
     /// New boot target.
-    #[serde(default)]
+    #[serde(default, with = "protocol::domain::boot_target_serde::option")]
     pub boot_target: Option<BootTarget>,
     /// New project (`null` frees the node).
     #[serde(

@@ -39,6 +39,7 @@ fn io_err<E: std::error::Error + Send + Sync + 'static>(e: E) -> std::io::Error 
 
 impl LogStore {
     /// Wraps an open database, creating the tables if needed.
+    #[allow(clippy::result_large_err)] // openraft's own error type; constructed once at start-up
     pub fn new(db: Arc<Database>) -> Result<Self, StorageError> {
         let txn = db
             .begin_write()

@@ -83,6 +83,7 @@ fn sm_read<E: std::error::Error + Send + Sync + 'static>(e: E) -> StorageError {
 
 impl StateMachineStore {
     /// Opens the state machine, loading every stored object into memory.
+    #[allow(clippy::result_large_err)] // openraft's own error type; constructed once at start-up
     pub fn new(db: Arc<Database>) -> Result<Self, StorageError> {
         {
             let txn = db.begin_write().map_err(sm_write)?;

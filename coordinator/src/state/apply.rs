@@ -114,8 +114,8 @@ pub enum Command {
 }
 
 impl Command {
-    /// Stable action name for the audit trail.
-    pub fn action(&self) -> &'static str {
+    /// Stable action name for the audit trail (a note carries its own).
+    pub fn action(&self) -> &str {
         match self {
             Command::InitCluster { .. } => "cluster.init",
             Command::PutSite(_) => "site.put",
@@ -132,7 +132,7 @@ impl Command {
             Command::DeleteUser(_) => "user.delete",
             Command::CreateToken(_) => "token.create",
             Command::DeleteToken(_) => "token.delete",
-            Command::Note { .. } => "note",
+            Command::Note { action, .. } => action,
         }
     }
 
@@ -285,6 +285,22 @@ impl State {
                         "cluster is already initialised",
                     ));
                 }
+                // Check everything before changing anything: a refusal must leave no trace.
+                if &token.user != admin {
+                    return Err(refuse_field(
+                        ErrorCode::InvalidField,
+                        "user",
+                        format!("user {} does not exist: the first token must belong to the first admin {admin}", token.user),
+                    ));
+                }
+                if self.tokens.contains_key(&token.id)
+                    || self.token_by_hash.contains_key(&token.hash)
+                {
+                    return Err(refuse(
+                        ErrorCode::AlreadyExists,
+                        format!("token {} already exists", token.id),
+                    ));
+                }
                 self.cluster = Some(info.clone());
                 self.dirty.insert(Key::Cluster);
                 self.put_user(User {
@@ -316,6 +332,15 @@ impl State {
                         ),
                     ));
                 }
+                if let Some(i) = self.inventory.values().find(|i| &i.site == name) {
+                    return Err(refuse(
+                        ErrorCode::Conflict,
+                        format!(
+                            "site {name} is still referenced by inventory serial {}",
+                            i.serial
+                        ),
+                    ));
+                }
                 self.sites.remove(name);
                 self.dirty.insert(Key::Site(name.clone()));
                 Ok(Applied::Done)
@@ -326,6 +351,20 @@ impl State {
                         ErrorCode::InvalidField,
                         "site",
                         format!("site {} does not exist", rack.site),
+                    ));
+                }
+                if let Some(i) = self
+                    .inventory
+                    .values()
+                    .find(|i| i.rack == rack.name && i.site != rack.site)
+                {
+                    return Err(refuse_field(
+                        ErrorCode::Conflict,
+                        "site",
+                        format!(
+                            "rack {} holds inventory serial {} of site {}; re-import it before moving the rack",
+                            rack.name, i.serial, i.site
+                        ),
                     ));
                 }
                 self.racks.insert(rack.name.clone(), rack.clone());
@@ -433,7 +472,12 @@ impl State {
                     id: *id,
                     serial: serial.clone(),
                     rack: rack.clone().or_else(|| expected.map(|e| e.rack.clone())),
-                    macs: macs.clone(),
+                    macs: macs.iter().fold(Vec::new(), |mut v, m| {
+                        if !v.contains(m) {
+                            v.push(*m);
+                        }
+                        v
+                    }),
                     state: NodeState::Discovered,
                     facts: JsonValue(serde_json::Value::Object(Default::default())),
                     boot_target: BootTarget::Discovery,

@@ -95,7 +95,7 @@ pub struct State {
     pub users: BTreeMap<UserName, User>,
     /// API tokens by id.
     pub tokens: BTreeMap<TokenId, TokenRecord>,
-    /// Audit trail by revision (several entries per revision are keyed by sub-index).
+    /// Audit trail by revision: one entry per applied or refused request.
     pub audit: BTreeMap<Revision, AuditEntry>,
     /// Idempotency keys of recent requests.
     pub sessions: BTreeMap<String, Session>,

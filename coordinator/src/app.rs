@@ -37,6 +37,10 @@ pub enum AppError {
     /// No leader could be reached in time.
     #[error("no Raft leader reachable: {0}")]
     Unavailable(String),
+    /// The deadline passed after the request may have reached a leader: its outcome is
+    /// unknown. Retrying with the same idempotency key is safe.
+    #[error("{0}")]
+    Timeout(String),
     /// The operation was refused by the cluster (e.g. a membership change in progress).
     #[error("{0}")]
     Refused(ErrorBody),
@@ -50,6 +54,7 @@ impl AppError {
     pub fn body(&self) -> ErrorBody {
         match self {
             AppError::Unavailable(m) => ErrorBody::new(ErrorCode::Unavailable, m.clone()),
+            AppError::Timeout(m) => ErrorBody::new(ErrorCode::Timeout, m.clone()),
             AppError::Refused(b) => b.clone(),
             AppError::Internal(m) => ErrorBody::new(ErrorCode::Internal, m.clone()),
         }
@@ -276,6 +281,9 @@ impl App {
         let deadline = Instant::now() + WRITE_DEADLINE;
         let mut backoff = Duration::from_millis(20);
         let mut last_err = String::from("no leader elected yet");
+        // Once a proposal may have reached a leader, running out of time means "unknown
+        // outcome" (504), not "not applied" (503).
+        let mut maybe_proposed = false;
         loop {
             match self.raft.client_write(req.clone()).await {
                 Ok(r) => {
@@ -302,7 +310,13 @@ impl App {
                                     last_err = format!("coordinator {id} is no longer leader")
                                 }
                                 Ok(other) => last_err = format!("coordinator {id}: {other:?}"),
-                                Err(e) => last_err = e.to_string(),
+                                Err(e) => {
+                                    // A connect failure proves the request never left; a
+                                    // broken or timed-out exchange may have been applied.
+                                    maybe_proposed |=
+                                        !matches!(e, network::PeerError::Connect { .. });
+                                    last_err = e.to_string();
+                                }
                             }
                         }
                     }
@@ -318,7 +332,13 @@ impl App {
                 }
             }
             if Instant::now() + backoff > deadline {
-                return Err(AppError::Unavailable(last_err));
+                return Err(if maybe_proposed {
+                    AppError::Timeout(format!(
+                        "write not confirmed within {WRITE_DEADLINE:?} ({last_err}); it may or may not have been applied: retry with the same Idempotency-Key"
+                    ))
+                } else {
+                    AppError::Unavailable(last_err)
+                });
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));

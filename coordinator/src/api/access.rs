@@ -171,9 +171,7 @@ pub(super) async fn create_token(
     if user != p.user {
         p.require(Need::Admin)?;
     }
-    if p.role == Role::ReadOnly && user == p.user {
-        // Read-only users may mint their own tokens: a token never grants more than its user.
-    }
+    // Any user may mint tokens for themselves: a token never grants more than its user.
     let expires_at = match t.expires_in_secs {
         Some(0) => {
             return Err(ApiError::field(
@@ -196,7 +194,19 @@ pub(super) async fn create_token(
         created_at: now_ms(),
         expires_at,
     };
-    commit(&app, &p, key, Command::CreateToken(record.clone())).await?;
+    // Not `commit`: a replayed answer must be refused, because the secret generated for
+    // this attempt is not the one whose hash the first attempt stored.
+    let request_id = key.0.map(|k| format!("{}/{k}", p.user));
+    let resp = app
+        .write(p.actor(), request_id, Command::CreateToken(record.clone()))
+        .await?;
+    resp.result.map_err(ApiError::from)?;
+    if resp.replayed {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "a token was already created with this Idempotency-Key; its secret was shown once and cannot be shown again: list your tokens, delete the unused one and create a new one",
+        ));
+    }
     Ok((
         StatusCode::CREATED,
         Json(CreatedToken {

@@ -1,0 +1,600 @@
+//! `metalctl` rings: golden files for its tables (pure rendering of fixed API answers), and an
+//! end-to-end run of the real binary against one real coordinator process on loopback.
+//!
+//! Regenerate the golden files with `UPDATE_GOLDEN=1 cargo test -p coordinator --test
+//! metalctl` and review the diff.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use coordinator::cli::render::{render, View};
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------------------
+// Golden files
+// ---------------------------------------------------------------------------------------
+
+/// Compares `actual` with `tests/golden/<name>.txt`, or rewrites the file when
+/// `UPDATE_GOLDEN=1`.
+fn golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.txt"));
+    if std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1") {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run with UPDATE_GOLDEN=1 to create it",
+            path.display()
+        )
+    });
+    assert!(
+        actual == want,
+        "{} differs (UPDATE_GOLDEN=1 to accept)\n--- want\n{want}--- got\n{actual}",
+        path.display()
+    );
+}
+
+#[test]
+fn golden_cluster_status() {
+    // As a leader answers: it knows every member's replication progress.
+    let v = json!({
+        "name": "metalfleet",
+        "this": 1,
+        "role": "Leader",
+        "leader": 1,
+        "term": 4,
+        "last_applied": 1042,
+        "last_log_index": 1042,
+        "members": [
+            {"id": 3, "kind": "learner",
+             "addr": {"raft_addr": "10.0.0.3:7444", "api_url": "https://10.0.0.3:7443"},
+             "matched_index": 1040},
+            {"id": 1, "kind": "voter",
+             "addr": {"raft_addr": "10.0.0.1:7444", "api_url": "https://10.0.0.1:7443"},
+             "matched_index": 1042},
+            {"id": 2, "kind": "voter",
+             "addr": {"raft_addr": "10.0.0.2:7444", "api_url": "https://10.0.0.2:7443"},
+             "matched_index": 1042}
+        ]
+    });
+    golden("cluster_status", &render(View::ClusterStatus, &v).unwrap());
+
+    // As a follower answers: progress unknown, shown as such rather than as 0.
+    let mut f = v.clone();
+    f["this"] = json!(2);
+    f["role"] = json!("Follower");
+    for m in f["members"].as_array_mut().unwrap() {
+        m["matched_index"] = Value::Null;
+    }
+    golden(
+        "cluster_status_follower",
+        &render(View::ClusterStatus, &f).unwrap(),
+    );
+}
+
+#[test]
+fn golden_node_list() {
+    let v = json!([
+        {"id": "7c9e6679-7425-40de-944b-e07fc1f90ae7", "serial": "SN-0002", "rack": "ams1-r01",
+         "macs": ["52:54:00:a0:00:02"], "state": "deployed", "facts": {"cpus": 64},
+         "boot_target": {"kind": "install", "kernel": "vmlinuz", "initrd": "initrd.img",
+                         "cmdline": "console=ttyS0", "autoinstall": null},
+         "project": "web", "tags": ["batch-1", "compute"], "created_at": 1700000000000_i64,
+         "revision": 57},
+        {"id": "16fd2706-8baf-433b-82eb-8c7fada847da", "serial": "SN-0001", "rack": "ams1-r01",
+         "macs": ["52:54:00:a0:00:01", "52:54:00:a0:00:11"], "state": "ready", "facts": {},
+         "boot_target": {"kind": "local"}, "project": null, "tags": [],
+         "created_at": 1700000000000_i64, "revision": 12},
+        {"id": "9a1f0f5e-2f3c-4c1e-8a7b-3d2c1b0a9f8e", "serial": "SN-0010", "rack": null,
+         "macs": [], "state": "discovered", "facts": {}, "boot_target": {"kind": "discovery"},
+         "project": null, "tags": ["storage"], "created_at": 1700000100000_i64, "revision": 60}
+    ]);
+    golden("node_list", &render(View::Nodes, &v).unwrap());
+    golden("node_get", &render(View::Node, &v[0]).unwrap());
+}
+
+#[test]
+fn golden_inventory_list() {
+    let v = json!([
+        {"serial": "SN-0002", "site": "ams1", "rack": "ams1-r01", "u_position": 2,
+         "model": "PowerEdge R650", "nics": [{"name": "eno1", "mac": "52:54:00:a0:00:02",
+         "switch": "tor1", "port": "Ethernet1/3"}],
+         "bmc": {"address": "10.10.1.12", "driver": "ipmi",
+                 "credentials": {"username": "admin", "password_set": true}},
+         "static_ips": [{"interface": "eno1", "address": "10.20.1.12", "prefix": 24,
+                         "gateway": "10.20.1.1"}],
+         "tags": ["batch-1", "compute"], "revision": 20, "generation": 2},
+        {"serial": "SN-0001", "site": "ams1", "rack": "ams1-r01", "u_position": null,
+         "model": null, "nics": [], "bmc": null, "static_ips": [], "tags": [],
+         "revision": 19, "generation": 1}
+    ]);
+    golden("inventory_list", &render(View::Inventory, &v).unwrap());
+    golden(
+        "inventory_get",
+        &render(View::InventoryRecord, &v[0]).unwrap(),
+    );
+}
+
+#[test]
+fn golden_audit() {
+    let v = json!([
+        {"revision": 61, "at": 1700000200000_i64, "actor": "user:admin", "action": "node.patch",
+         "target": "SN-0001", "outcome": "applied", "request_id": "admin/5d1c"},
+        {"revision": 60, "at": 1700000100000_i64, "actor": "rack:ams1-r01",
+         "action": "node.register", "target": "SN-0010", "outcome": "applied"},
+        {"revision": 59, "at": 1700000000000_i64, "actor": "user:ops",
+         "action": "rack.delete", "target": "ams1-r09",
+         "outcome": "refused: conflict: rack ams1-r09 holds nodes", "request_id": null}
+    ]);
+    golden("audit", &render(View::Audit, &v).unwrap());
+}
+
+#[test]
+fn golden_import_report() {
+    let v = json!({
+        "created": ["SN-0003"],
+        "updated": [["SN-0002", ["model", "tags"]]],
+        "unchanged": ["SN-0001"],
+        "dry_run": true
+    });
+    golden(
+        "import_report_dry_run",
+        &render(View::ImportReport, &v).unwrap(),
+    );
+}
+
+#[test]
+fn rendering_refuses_the_wrong_shape() {
+    assert!(render(View::Nodes, &json!({"not": "a list"})).is_err());
+}
+
+// ---------------------------------------------------------------------------------------
+// End to end: one real coordinator, the real metalctl binary
+// ---------------------------------------------------------------------------------------
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `coordinator run`, killed when dropped.
+struct Coordinator {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Coordinator {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// One coordinator with its data dir, plus a metalctl config pointing at it.
+struct Cluster {
+    dir: tempfile::TempDir,
+    api_url: String,
+    token: String,
+    ca: PathBuf,
+    config: PathBuf,
+    _coordinator: Coordinator,
+}
+
+fn start_cluster() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let api_port = free_tcp_port();
+    let raft_port = free_udp_port();
+    let cfg = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "id = 1\ndata_dir = {:?}\napi_listen = \"127.0.0.1:{api_port}\"\nraft_listen = \"127.0.0.1:{raft_port}\"\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_coordinator");
+    let init = Command::new(bin)
+        .args(["init", "-c"])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "coordinator init failed: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let token = String::from_utf8(init.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let log = dir.path().join("coordinator.log");
+    let child = Command::new(bin)
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .env("RUST_LOG", "info,openraft=warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let coordinator = Coordinator { child, log };
+    let ca = dir.path().join("data/tls/ca.crt");
+    let api_url = format!("https://127.0.0.1:{api_port}");
+    wait_ready(&api_url, &ca, &coordinator);
+    let config = dir.path().join("metalctl.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "coordinators = [{api_url:?}]\ntoken = {token:?}\nca_cert = {:?}\n",
+            ca.display().to_string()
+        ),
+    )
+    .unwrap();
+    Cluster {
+        dir,
+        api_url,
+        token,
+        ca,
+        config,
+        _coordinator: coordinator,
+    }
+}
+
+/// A second coordinator that joined (holds a certificate) but is not a member: it knows no
+/// leader, so its API answers 503 to everything that needs the cluster.
+fn start_leaderless(c: &Cluster) -> (Coordinator, String) {
+    let api_port = free_tcp_port();
+    let raft_port = free_udp_port();
+    let cfg = c.dir.path().join("coordinator-2.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "id = 2\ndata_dir = {:?}\napi_listen = \"127.0.0.1:{api_port}\"\nraft_listen = \"127.0.0.1:{raft_port}\"\n",
+            c.dir.path().join("data-2").display().to_string()
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_coordinator");
+    let join = Command::new(bin)
+        .args(["join", "-c"])
+        .arg(&cfg)
+        .args(["--via", &c.api_url, "--token", &c.token, "--ca-cert"])
+        .arg(&c.ca)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        join.status.success(),
+        "coordinator join failed: {}",
+        String::from_utf8_lossy(&join.stderr)
+    );
+    let log = c.dir.path().join("coordinator-2.log");
+    let child = Command::new(bin)
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .env("RUST_LOG", "info,openraft=warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let coordinator = Coordinator { child, log };
+    let api_url = format!("https://127.0.0.1:{api_port}");
+    wait_for(&api_url, "/healthz", &c.ca, &coordinator);
+    (coordinator, api_url)
+}
+
+/// Polls `/readyz` until the coordinator knows a leader.
+fn wait_ready(api_url: &str, ca: &Path, c: &Coordinator) {
+    wait_for(api_url, "/readyz", ca, c);
+}
+
+/// Polls `path` until it answers 200.
+fn wait_for(api_url: &str, path: &str, ca: &Path, c: &Coordinator) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pem = std::fs::read_to_string(ca).unwrap();
+    let client = coordinator::cli::client::http_client(Some(&pem)).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let ok = rt.block_on(async {
+            client
+                .get(format!("{api_url}{path}"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        });
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "coordinator {path} not 200 after {PATIENCE:?}; log:\n{}",
+            c.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Cluster {
+    /// `metalctl` with a clean environment: only what the test passes.
+    fn metalctl(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_metalctl"));
+        c.env_clear()
+            .env("HOME", self.dir.path())
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        c
+    }
+
+    /// Runs `metalctl --config <ours> args...`.
+    fn run(&self, args: &[&str]) -> Output {
+        self.metalctl()
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs and requires success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "metalctl {args:?} failed ({:?}):\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn end_to_end_against_a_real_coordinator() {
+    let c = start_cluster();
+
+    // Sites and racks.
+    let out = c.ok(&["site", "create", "ams1", "--description", "Amsterdam"]);
+    assert!(out.contains("ams1") && out.contains("Amsterdam"), "{out}");
+    c.ok(&["rack", "create", "ams1-r01", "--site", "ams1"]);
+    let out = c.ok(&["rack", "list"]);
+    assert!(out.starts_with("NAME"), "{out}");
+    assert!(out.contains("ams1-r01"), "{out}");
+
+    // Inventory from CSV, then a dry run of a changed file.
+    let csv = c.write(
+        "inventory.csv",
+        "serial,site,rack,model,nics,tags\n\
+         SN-0001,ams1,ams1-r01,R650,eno1=52:54:00:a0:00:01,compute\n\
+         SN-0002,ams1,ams1-r01,R650,eno1=52:54:00:a0:00:02,compute\n",
+    );
+    let out = c.ok(&["inventory", "import", &csv]);
+    assert!(out.contains("2 created, 0 updated"), "{out}");
+    let changed = c.write(
+        "inventory-v2.csv",
+        "serial,site,rack,model,nics,tags\n\
+         SN-0001,ams1,ams1-r01,R650,eno1=52:54:00:a0:00:01,compute\n\
+         SN-0002,ams1,ams1-r01,R750,eno1=52:54:00:a0:00:02,compute\n",
+    );
+    let out = c.ok(&["inventory", "import", "--dry-run", &changed]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("SN-0002"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("updated") && line.contains("model"), "{out}");
+    assert!(out.contains("dry run"), "{out}");
+    let rec = c.json(&["inventory", "get", "SN-0002"]);
+    assert_eq!(rec["model"], "R650", "the dry run changed nothing");
+    let out = c.ok(&["inventory", "list", "--rack", "ams1-r01"]);
+    assert_eq!(out.lines().count(), 3, "{out}");
+
+    // A bad MAC is refused with the field named and exit code 2.
+    let bad = c.write(
+        "bad.csv",
+        "serial,site,rack,nics\nSN-0003,ams1,ams1-r01,eno1=52:54:00:zz:00:03\n",
+    );
+    let o = c.run(&["inventory", "import", &bad]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).starts_with("error: "), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("(field line 2: nics)"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Nodes.
+    let out = c.ok(&[
+        "node",
+        "create",
+        "SN-0001",
+        "--rack",
+        "ams1-r01",
+        "--mac",
+        "52:54:00:a0:00:01",
+    ]);
+    assert!(out.contains("SN-0001"), "{out}");
+    let out = c.ok(&["node", "set", "SN-0001", "--boot", "local"]);
+    assert!(out.contains("local"), "{out}");
+    let nodes = c.json(&["node", "list"]);
+    let n = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["serial"] == "SN-0001")
+        .unwrap_or_else(|| panic!("{nodes}"));
+    assert_eq!(n["boot_target"], json!({"kind": "local"}));
+    let out = c.ok(&["node", "list", "--stale"]);
+    assert!(out.contains("SN-0001") && out.contains("local"), "{out}");
+    let o = c.run(&["node", "get", "SN-9999"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+
+    // Every write carried this invocation's idempotency key (stored per user).
+    let audit = c.json(&["audit", "--limit", "3"]);
+    let latest = &audit.as_array().unwrap()[0];
+    assert_eq!(latest["action"], "node.patch", "{audit}");
+    assert!(
+        latest["request_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("admin/")),
+        "{audit}"
+    );
+    assert!(c.ok(&["audit", "--limit", "3"]).starts_with("REVISION"));
+
+    // A new token works; a wrong one is refused with exit code 3.
+    let created = c.json(&["token", "create", "--description", "e2e"]);
+    let secret = created["secret"].as_str().unwrap();
+    assert_ne!(secret, c.token);
+    let out = c.ok(&["site", "list", "--token", secret]);
+    assert!(out.contains("ams1"), "{out}");
+    let o = c.run(&["site", "list", "--token", "mf_not_a_token"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let out = c.ok(&["token", "list"]);
+    assert!(out.contains("e2e"), "{out}");
+    assert!(!out.contains(secret), "secrets are never listed");
+
+    // Cluster status.
+    let out = c.ok(&["cluster", "status"]);
+    assert!(out.contains("Leader"), "{out}");
+    assert!(out.contains(&c.api_url), "{out}");
+}
+
+#[test]
+fn config_errors_and_failover() {
+    let c = start_cluster();
+    let ca = c.ca.display().to_string();
+
+    // Unknown key: exit 2, the message names the file and the key.
+    let bad = c.write(
+        "bad.toml",
+        &format!(
+            "coordinators = [{:?}]\ntoken = {:?}\nca_cert = {ca:?}\ncolour = \"blue\"\n",
+            c.api_url, c.token
+        ),
+    );
+    let o = c
+        .metalctl()
+        .args(["--config", &bad, "site", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&bad) && stderr(&o).contains("colour"),
+        "{}",
+        stderr(&o)
+    );
+
+    // No config file at all, everything from flags and the environment.
+    let out = c
+        .metalctl()
+        .env("METALFLEET_TOKEN", &c.token)
+        .args([
+            "--coordinator",
+            &c.api_url,
+            "--ca-cert",
+            &ca,
+            "site",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A dead coordinator first: reads and writes go to the next one.
+    let failover = c.write(
+        "failover.toml",
+        &format!(
+            "coordinators = [\"https://127.0.0.1:1\", {:?}]\ntoken = {:?}\nca_cert = {ca:?}\n",
+            c.api_url, c.token
+        ),
+    );
+    let run = |args: &[&str]| {
+        c.metalctl()
+            .arg("--config")
+            .arg(&failover)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = run(&["site", "create", "fra1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["site", "list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("fra1"));
+
+    // A coordinator without a leader answers 503: the next one serves the write.
+    let (_leaderless, url) = start_leaderless(&c);
+    let o = c
+        .metalctl()
+        .args(["--config", &failover, "--coordinator", &url])
+        .args(["--coordinator", &c.api_url, "site", "create", "par1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(c.ok(&["site", "list"]).contains("par1"));
+
+    // Only dead coordinators: exit 6, naming each one tried.
+    let o = c
+        .metalctl()
+        .args([
+            "--config",
+            &failover,
+            "--coordinator",
+            "https://127.0.0.1:1",
+        ])
+        .args(["--coordinator", "https://127.0.0.1:2", "site", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("https://127.0.0.1:1:") && e.contains("https://127.0.0.1:2:"),
+        "{e}"
+    );
+}

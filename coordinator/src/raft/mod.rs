@@ -48,9 +48,9 @@ pub fn open_db(
 pub fn raft_config(cluster_name: &str) -> openraft::Config {
     openraft::Config {
         cluster_name: cluster_name.to_owned(),
-        heartbeat_interval: 150,
-        election_timeout_min: 600,
-        election_timeout_max: 1200,
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 2000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),

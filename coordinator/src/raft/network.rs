@@ -26,6 +26,9 @@ use super::{Raft, TypeConfig};
 use crate::pki::{self, Identity};
 use crate::state::{Request, Response};
 
+/// How long a QUIC handshake to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Largest RPC message accepted (snapshot chunks are 3 MiB by default).
 const MAX_RPC: usize = protocol::frame::MAX_FRAME_LEN;
 
@@ -138,13 +141,17 @@ impl PeerClient {
     }
 
     async fn connection(&self, addr: &str) -> Result<quinn::Connection, PeerError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(addr) {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
+        {
+            let mut conns = self.conns.lock().await;
+            if let Some(c) = conns.get(addr) {
+                if c.close_reason().is_none() {
+                    return Ok(c.clone());
+                }
+                conns.remove(addr);
             }
-            conns.remove(addr);
         }
+        // Dial without holding the map lock: a handshake to a dead peer must not stall RPCs
+        // to live ones (it did, and it cost a whole election round on failover).
         let err = |message: String| PeerError::Connect {
             addr: addr.to_owned(),
             message,
@@ -162,11 +169,14 @@ impl PeerClient {
             .endpoint
             .connect_with(self.client_cfg.clone(), sock, host)
             .map_err(|e| err(e.to_string()))?;
-        let conn = tokio::time::timeout(Duration::from_secs(3), connecting)
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| err("handshake timed out".into()))?
             .map_err(|e| err(e.to_string()))?;
-        conns.insert(addr.to_owned(), conn.clone());
+        self.conns
+            .lock()
+            .await
+            .insert(addr.to_owned(), conn.clone());
         Ok(conn)
     }
 
@@ -177,41 +187,63 @@ impl PeerClient {
         req: &PeerRequest,
         timeout: Duration,
     ) -> Result<PeerReply, PeerError> {
-        let stream_err = |message: String| PeerError::Stream {
-            addr: addr.to_owned(),
-            message,
-        };
-        let fut = async {
-            let conn = self.connection(addr).await?;
-            let (mut send, mut recv) = match conn.open_bi().await {
-                Ok(s) => s,
-                Err(e) => {
-                    self.conns.lock().await.remove(addr);
-                    return Err(stream_err(e.to_string()));
-                }
-            };
-            let bytes = protocol::frame::encode(protocol::version::CURRENT, req)
-                .map_err(|e| stream_err(e.to_string()))?;
-            send.write_all(&bytes)
-                .await
-                .map_err(|e| stream_err(e.to_string()))?;
-            send.finish().map_err(|e| stream_err(e.to_string()))?;
-            let reply = recv
-                .read_to_end(MAX_RPC + 4)
-                .await
-                .map_err(|e| stream_err(e.to_string()))?;
-            match protocol::frame::decode::<PeerReply>(&reply) {
-                Ok(Some((frame, _))) => Ok(frame.body),
-                Ok(None) => Err(stream_err("truncated reply".into())),
-                Err(e) => Err(stream_err(e.to_string())),
-            }
-        };
-        tokio::time::timeout(timeout, fut)
+        let started = tokio::time::Instant::now();
+        let conn = tokio::time::timeout(timeout, self.connection(addr))
             .await
             .map_err(|_| PeerError::Timeout {
                 addr: addr.to_owned(),
                 timeout,
-            })?
+            })??;
+        let left = timeout.saturating_sub(started.elapsed());
+        let result = match tokio::time::timeout(left, exchange(&conn, addr, req)).await {
+            Ok(r) => r,
+            Err(_) => Err(PeerError::Timeout {
+                addr: addr.to_owned(),
+                timeout,
+            }),
+        };
+        if result.is_err() {
+            // A peer that restarted cannot reset our old connection: it would linger until the
+            // idle timeout while every RPC on it times out. Forget it so the next call dials.
+            let mut conns = self.conns.lock().await;
+            if conns
+                .get(addr)
+                .is_some_and(|c| c.stable_id() == conn.stable_id())
+            {
+                conns.remove(addr);
+            }
+        }
+        result
+    }
+}
+
+async fn exchange(
+    conn: &quinn::Connection,
+    addr: &str,
+    req: &PeerRequest,
+) -> Result<PeerReply, PeerError> {
+    let stream_err = |message: String| PeerError::Stream {
+        addr: addr.to_owned(),
+        message,
+    };
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| stream_err(e.to_string()))?;
+    let bytes = protocol::frame::encode(protocol::version::CURRENT, req)
+        .map_err(|e| stream_err(e.to_string()))?;
+    send.write_all(&bytes)
+        .await
+        .map_err(|e| stream_err(e.to_string()))?;
+    send.finish().map_err(|e| stream_err(e.to_string()))?;
+    let reply = recv
+        .read_to_end(MAX_RPC + 4)
+        .await
+        .map_err(|e| stream_err(e.to_string()))?;
+    match protocol::frame::decode::<PeerReply>(&reply) {
+        Ok(Some((frame, _))) => Ok(frame.body),
+        Ok(None) => Err(stream_err("truncated reply".into())),
+        Err(e) => Err(stream_err(e.to_string())),
     }
 }
 

@@ -18,7 +18,8 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{Config, RaftMetrics, ServerState, SnapshotPolicy};
+use openraft::storage::RaftLogStorage;
+use openraft::{Config, RaftLogReader, RaftMetrics, ServerState, SnapshotPolicy};
 use protocol::domain::{CoordinatorAddr, Site};
 use tempfile::TempDir;
 
@@ -47,6 +48,16 @@ fn test_config() -> Config {
         election_timeout_min: 400,
         election_timeout_max: 800,
         ..coordinator::raft::raft_config("test")
+    }
+}
+
+/// Snapshot every 20 logs and purge everything a snapshot covers.
+fn snapshot_config() -> Config {
+    Config {
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(20),
+        max_in_snapshot_log_to_keep: 0,
+        purge_batch_size: 1,
+        ..test_config()
     }
 }
 
@@ -123,8 +134,9 @@ impl Router {
 
     fn delay_all(&self, d: Duration) {
         self.with(|s| {
-            for &a in &s.ids.clone() {
-                for &b in &s.ids.clone() {
+            let ids = s.ids.clone();
+            for &a in &ids {
+                for &b in &ids {
                     s.delay.insert((a, b), d);
                 }
             }
@@ -237,6 +249,8 @@ impl RaftNetwork<TypeConfig> for Link {
 struct Member {
     raft: Raft,
     sm: SharedState,
+    /// A second handle on the member's log, for looking at what is stored.
+    log: LogStore,
     /// Lets `stop` wait until every handle on the redb file is gone.
     db: Weak<redb::Database>,
 }
@@ -278,10 +292,37 @@ impl Cluster {
         c
     }
 
+    /// Opens member `id`'s redb file.
+    async fn open(&self, id: u64) -> Arc<redb::Database> {
+        // The last `Arc<Database>` may still be inside redb's `Drop` (which releases the file
+        // lock) when `stop` sees the strong count reach zero, so a reopen may briefly be refused.
+        let mut db = None;
+        wait_until(PATIENCE, &format!("member {id}'s database to open"), || {
+            match coordinator::raft::open_db(self.dirs[&id].path()) {
+                Ok(opened) => db = Some(opened),
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {}
+                Err(e) => panic!("open member {id}'s database: {e}"),
+            }
+            db.is_some()
+        })
+        .await;
+        db.unwrap()
+    }
+
+    /// What a stopped member's state machine loads from its redb file.
+    async fn load(&self, id: u64) -> SmView {
+        assert!(!self.members.contains_key(&id), "member {id} is running");
+        read_sm(
+            &StateMachineStore::new(self.open(id).await)
+                .unwrap()
+                .shared(),
+        )
+    }
+
     /// Opens member `id`'s storage from its directory and starts Raft over it; returns what
     /// the state machine loaded from disk before Raft ran.
     async fn boot(&mut self, id: u64) -> SmView {
-        let db = coordinator::raft::open_db(self.dirs[&id].path()).unwrap();
+        let db = self.open(id).await;
         let weak = Arc::downgrade(&db);
         let log = LogStore::new(db.clone()).unwrap();
         let sm = StateMachineStore::new(db).unwrap();
@@ -291,7 +332,7 @@ impl Cluster {
             from: id,
             router: self.router.clone(),
         };
-        let raft = Raft::new(id, self.config.clone(), net, log, sm)
+        let raft = Raft::new(id, self.config.clone(), net, log.clone(), sm)
             .await
             .unwrap();
         self.router.with(|s| {
@@ -302,6 +343,7 @@ impl Cluster {
             id,
             Member {
                 raft,
+                log: log.clone(),
                 sm: shared,
                 db: weak,
             },
@@ -319,6 +361,13 @@ impl Cluster {
 
     fn sm(&self, id: u64) -> SmView {
         read_sm(&self.members[&id].sm)
+    }
+
+    /// Indexes of the log entries member `id` holds in `range`.
+    async fn stored_log(&self, id: u64, range: std::ops::RangeInclusive<u64>) -> Vec<u64> {
+        let mut log = self.members[&id].log.clone();
+        let entries = log.try_get_log_entries(range).await.unwrap();
+        entries.iter().map(|e| e.log_id.index).collect()
     }
 
     /// The running, reachable member that leads with the highest term, once there is one.
@@ -353,8 +402,9 @@ impl Cluster {
         }
     }
 
-    /// Waits until every running member applied its whole log and all applied the same log
-    /// id; returns the common state after checking the states are equal.
+    /// Waits until every running member applied its whole log, Raft's metrics agree with the
+    /// state machine, and all applied the same log id; returns the common state after checking
+    /// the states are equal.
     async fn converge(&self) -> State {
         wait_until(
             PATIENCE,
@@ -364,7 +414,9 @@ impl Cluster {
                     self.members.keys().map(|&id| self.sm(id).1).collect();
                 let caught_up = self.members.keys().all(|&id| {
                     let m = self.metrics(id);
-                    m.last_applied.is_some() && m.last_applied.map(|l| l.index) == m.last_log_index
+                    m.last_applied.is_some()
+                        && m.last_applied == self.sm(id).1
+                        && m.last_applied.map(|l| l.index) == m.last_log_index
                 });
                 applied.len() == 1 && caught_up
             },
@@ -387,7 +439,7 @@ impl Cluster {
         let member = self.members.remove(&id).unwrap();
         self.router.with(|s| s.rafts.remove(&id));
         member.raft.shutdown().await.unwrap();
-        drop(member.raft);
+        drop((member.raft, member.log));
         let db = member.db;
         wait_until(
             PATIENCE,
@@ -441,8 +493,9 @@ async fn leader_partitioned() {
     assert!(c.metrics(new).current_term > old_term);
     c.write(new, 20).await;
 
-    // The old leader still believes it leads, but cannot reach a quorum.
+    // The old leader still believes it leads and appends the write, but cannot reach a quorum.
     let lost = put_site("lost");
+    let old_last = c.metrics(old).last_log_index.unwrap();
     let attempt = tokio::time::timeout(
         Duration::from_secs(1),
         c.raft(old).client_write(lost.clone()),
@@ -452,6 +505,7 @@ async fn leader_partitioned() {
         !matches!(attempt, Ok(Ok(_))),
         "write on the isolated old leader committed: {attempt:?}"
     );
+    assert_eq!(c.metrics(old).last_log_index, Some(old_last + 1));
 
     c.router.heal();
     c.raft(old)
@@ -504,13 +558,7 @@ async fn rejoin_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_install_on_lagging_follower() {
-    let config = Config {
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(20),
-        max_in_snapshot_log_to_keep: 0,
-        purge_batch_size: 1,
-        ..test_config()
-    };
-    let c = Cluster::start(3, config).await;
+    let mut c = Cluster::start(3, snapshot_config()).await;
     let leader = c.leader().await;
     c.write(leader, 10).await;
     c.converge().await;
@@ -525,12 +573,16 @@ async fn snapshot_install_on_lagging_follower() {
         .raft(leader)
         .wait(Some(PATIENCE))
         .metrics(
-            |m| m.purged.is_some_and(|p| p.index > lag_index + 20),
+            |m| m.purged.is_some_and(|p| p.index > lag_index),
             "leader purges its early log",
         )
         .await
         .unwrap();
     let snapshot_index = m.snapshot.unwrap().index;
+    assert_eq!(
+        c.stored_log(leader, 0..=lag_index + 1).await,
+        Vec::<u64>::new()
+    );
     assert_eq!(c.router.snapshot_chunks_to(lagging), 0);
 
     c.router.heal();
@@ -540,8 +592,65 @@ async fn snapshot_install_on_lagging_follower() {
         "follower caught up without a snapshot"
     );
     assert!(c.sm(lagging).1.unwrap().index >= snapshot_index);
-    assert!(c.metrics(lagging).snapshot.unwrap().index >= snapshot_index);
+    c.raft(lagging)
+        .wait(Some(PATIENCE))
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= snapshot_index),
+            "lagging follower reports the installed snapshot",
+        )
+        .await
+        .unwrap();
     assert_eq!(state.sites.len(), 210);
+
+    // What the snapshot install wrote to redb is what the state machine loads. (Raft itself
+    // is not restarted here: see `restart_after_log_purge`.)
+    let at_stop = c.stop(lagging).await;
+    assert_eq!(at_stop.0, state);
+    assert_eq!(c.load(lagging).await, at_stop);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_after_log_purge() {
+    let mut c = Cluster::start(3, snapshot_config()).await;
+    let leader = c.leader().await;
+    let term = c.metrics(leader).current_term;
+    c.write(leader, 30).await;
+    c.converge().await;
+    wait_until(PATIENCE, "every member to purge its log", || {
+        (1..=3).all(|id| c.metrics(id).purged.is_some())
+    })
+    .await;
+
+    // A new term, and a few entries from it that stay in the logs after the purge point.
+    let other = (1..=3).find(|&id| id != leader).unwrap();
+    c.raft(other).trigger().elect().await.unwrap();
+    wait_until(PATIENCE, "a leader in a newer term", || {
+        (1..=3).any(|id| {
+            let m = c.metrics(id);
+            m.state == ServerState::Leader && m.current_term > term
+        })
+    })
+    .await;
+    c.converge().await;
+    let leader = c.leader().await;
+    c.write(leader, 5).await;
+    c.converge().await;
+
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let m = c.metrics(follower);
+    assert!(m.last_log_index.unwrap() > m.purged.unwrap().index);
+    let stored = {
+        let mut log = c.members[&follower].log.clone();
+        log.get_log_state().await.unwrap()
+    };
+    assert_eq!(
+        stored.last_purged_log_id, m.purged,
+        "log store misreports its purge point"
+    );
+
+    let at_stop = c.stop(follower).await;
+    assert_eq!(c.restart(follower).await, at_stop);
+    assert_eq!(c.converge().await.sites.len(), 35);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

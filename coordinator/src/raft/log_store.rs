@@ -136,9 +136,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        // Stored as `Option<LogId>` (see `purge`): decode the same type, then flatten.
         let last_purged: Option<LogId> = self
-            .get_meta(PURGED)
-            .map_err(|e| super::serr::read_logs(&e))?;
+            .get_meta::<Option<LogId>>(PURGED)
+            .map_err(|e| super::serr::read_logs(&e))?
+            .flatten();
         let last = {
             let txn = self
                 .db

@@ -46,11 +46,17 @@ pub struct MembershipChanged {
     pub cluster: ClusterStatus,
 }
 
-async fn note(app: &App, p: &Principal, action: &str, target: String) -> ApiResult<()> {
+async fn note(
+    app: &App,
+    p: &Principal,
+    key: IdempotencyKey,
+    action: &str,
+    target: String,
+) -> ApiResult<()> {
     commit(
         app,
         p,
-        IdempotencyKey(None),
+        key,
         Command::Note {
             action: action.into(),
             target,
@@ -65,6 +71,7 @@ async fn note(app: &App, p: &Principal, action: &str, target: String) -> ApiResu
 pub(super) async fn add_learner(
     State(app): State<Arc<App>>,
     p: Principal,
+    key: IdempotencyKey,
     JsonBody(l): JsonBody<NewLearner>,
 ) -> ApiResult<Json<MembershipChanged>> {
     p.require(Need::Admin)?;
@@ -98,7 +105,14 @@ pub(super) async fn add_learner(
         api_url: l.api_url,
     };
     let revision = app.add_learner(l.id, addr.clone()).await?;
-    note(&app, &p, "cluster.add_learner", format!("{} {addr}", l.id)).await?;
+    note(
+        &app,
+        &p,
+        key,
+        "cluster.add_learner",
+        format!("{} {addr}", l.id),
+    )
+    .await?;
     Ok(Json(MembershipChanged {
         revision,
         cluster: app.status(),
@@ -110,12 +124,13 @@ pub(super) async fn add_learner(
 pub(super) async fn promote(
     State(app): State<Arc<App>>,
     p: Principal,
+    key: IdempotencyKey,
     Path(id): Path<String>,
 ) -> ApiResult<Json<MembershipChanged>> {
     p.require(Need::Admin)?;
     let id: u64 = parse_path("id", &id)?;
     let revision = app.promote(id).await?;
-    note(&app, &p, "cluster.promote", id.to_string()).await?;
+    note(&app, &p, key, "cluster.promote", id.to_string()).await?;
     Ok(Json(MembershipChanged {
         revision,
         cluster: app.status(),
@@ -127,6 +142,7 @@ pub(super) async fn promote(
 pub(super) async fn remove(
     State(app): State<Arc<App>>,
     p: Principal,
+    key: IdempotencyKey,
     Path(id): Path<String>,
 ) -> ApiResult<Json<MembershipChanged>> {
     p.require(Need::Admin)?;
@@ -135,7 +151,7 @@ pub(super) async fn remove(
         return Err(ApiError::not_found(format!("coordinator {id}")));
     }
     let revision = app.remove(id).await?;
-    note(&app, &p, "cluster.remove", id.to_string()).await?;
+    note(&app, &p, key, "cluster.remove", id.to_string()).await?;
     Ok(Json(MembershipChanged {
         revision,
         cluster: app.status(),
@@ -147,6 +163,7 @@ pub(super) async fn remove(
 pub(super) async fn join(
     State(app): State<Arc<App>>,
     p: Principal,
+    key: IdempotencyKey,
     JsonBody(j): JsonBody<JoinRequest>,
 ) -> ApiResult<Json<JoinBundle>> {
     p.require(Need::Admin)?;
@@ -162,6 +179,7 @@ pub(super) async fn join(
     note(
         &app,
         &p,
+        key,
         "cluster.issue_certificate",
         format!("coordinator:{}", j.id),
     )

@@ -134,69 +134,38 @@ name_id!(
     Tag, "tag", 63
 );
 
-/// A node's stable id, assigned by the coordinator when the node is first registered.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(transparent)]
-#[schema(value_type = String, format = Uuid)]
-pub struct NodeId(pub uuid::Uuid);
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+        )]
+        #[serde(transparent)]
+        #[schema(value_type = String, format = Uuid)]
+        pub struct $name(pub uuid::Uuid);
 
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-impl FromStr for NodeId {
-    type Err = IdError;
-    fn from_str(s: &str) -> Result<Self, IdError> {
-        uuid::Uuid::parse_str(s)
-            .map(NodeId)
-            .map_err(|_| IdError::new("node id", s, "not a UUID"))
-    }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                uuid::Uuid::parse_str(s).map($name).map_err(|_| IdError::new($kind, s, "not a UUID"))
+            }
+        }
+    };
 }
 
-/// An API token's public id (the part that may be shown and logged; the secret never is).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(transparent)]
-#[schema(value_type = String, format = Uuid)]
-pub struct TokenId(pub uuid::Uuid);
-
-impl fmt::Display for TokenId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-impl FromStr for TokenId {
-    type Err = IdError;
-    fn from_str(s: &str) -> Result<Self, IdError> {
-        uuid::Uuid::parse_str(s)
-            .map(TokenId)
-            .map_err(|_| IdError::new("token id", s, "not a UUID"))
-    }
-}
+uuid_id!(
+    /// A node's stable id, assigned by the coordinator when the node is first registered.
+    NodeId, "node id"
+);
+uuid_id!(
+    /// An API token's public id (the part that may be shown and logged; the secret never is).
+    TokenId, "token id"
+);
 
 /// A coordinator's Raft member id. Chosen by the operator, unique within the cluster.
 pub type CoordinatorId = u64;

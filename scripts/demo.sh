@@ -21,6 +21,7 @@ id = $i
 data_dir = "d$i"
 api_listen = "127.0.0.1:$((17440 + i))"
 raft_listen = "127.0.0.1:$((17450 + i))"
+fleet_listen = "127.0.0.1:$((17460 + i))"
 TOML
 done
 echo "== coordinator init (1)"

@@ -134,6 +134,8 @@ pub struct App {
     pub tls: TlsMaterial,
     /// The bound Raft endpoint (closed on shutdown).
     raft_endpoint: quinn::Endpoint,
+    /// The bound fleet endpoint for rack agents (closed on shutdown).
+    fleet_endpoint: quinn::Endpoint,
     /// Counters for `/metrics`.
     pub metrics: crate::metrics::Metrics,
 }
@@ -228,7 +230,12 @@ impl App {
             .await
             .map_err(internal("start raft"))?;
         tokio::spawn(network::serve(endpoint.clone(), raft.clone()));
-        Ok(Arc::new(App {
+        let fleet_cfg = pki::quinn_server_config(&tls.ca_pem, &tls.leaf, pki::ALPN_FLEET)
+            .map_err(internal("fleet tls"))?;
+        let fleet_endpoint = quinn::Endpoint::server(fleet_cfg, config.fleet_listen).map_err(
+            internal(&format!("bind fleet endpoint {}", config.fleet_listen)),
+        )?;
+        let app = Arc::new(App {
             config,
             raft,
             state,
@@ -236,14 +243,18 @@ impl App {
             key,
             tls,
             raft_endpoint: endpoint,
+            fleet_endpoint: fleet_endpoint.clone(),
             metrics: Default::default(),
-        }))
+        });
+        tokio::spawn(crate::fleet::serve(fleet_endpoint, app.clone()));
+        Ok(app)
     }
 
     /// Stops Raft and closes the endpoint.
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
         self.raft_endpoint.close(0u32.into(), b"shutdown");
+        self.fleet_endpoint.close(0u32.into(), b"shutdown");
     }
 
     /// This coordinator's advertised addresses.
@@ -251,6 +262,7 @@ impl App {
         CoordinatorAddr {
             raft_addr: self.config.raft_addr.clone(),
             api_url: self.config.api_url.clone(),
+            fleet_addr: self.config.fleet_addr.clone(),
         }
     }
 
@@ -270,12 +282,31 @@ impl App {
         request_id: Option<String>,
         command: Command,
     ) -> Result<Response, AppError> {
+        let id = request_id.unwrap_or_else(|| format!("auto-{}", uuid::Uuid::new_v4()));
+        self.propose(actor, Some(id), command).await
+    }
+
+    /// Like [`App::write`] but without an idempotency key, for commands that are idempotent
+    /// by construction (agent events carry `(rack, seq)`; link reports overwrite). Keeps the
+    /// session table from filling with telemetry.
+    pub async fn write_unkeyed(
+        &self,
+        actor: String,
+        command: Command,
+    ) -> Result<Response, AppError> {
+        self.propose(actor, None, command).await
+    }
+
+    async fn propose(
+        &self,
+        actor: String,
+        request_id: Option<String>,
+        command: Command,
+    ) -> Result<Response, AppError> {
         let req = Request {
             actor,
             at: now_ms(),
-            request_id: Some(
-                request_id.unwrap_or_else(|| format!("auto-{}", uuid::Uuid::new_v4())),
-            ),
+            request_id,
             command,
         };
         let deadline = Instant::now() + WRITE_DEADLINE;
@@ -549,13 +580,8 @@ impl App {
         }
     }
 
-    /// Signs a joining coordinator's CSR with the cluster CA and hands over the sealing key.
-    pub fn issue_join_bundle(
-        &self,
-        id: u64,
-        csr_pem: &str,
-        addr: &CoordinatorAddr,
-    ) -> Result<JoinBundle, AppError> {
+    /// The cluster CA, opened with the sealing key.
+    pub fn cluster_ca(&self) -> Result<CertAuthority, AppError> {
         let info = self
             .state
             .read()
@@ -569,13 +595,26 @@ impl App {
             .open(CA_KEY_CONTEXT, &info.ca_key)
             .map_err(internal("open CA key"))?;
         let ca_key = String::from_utf8(ca_key).map_err(internal("CA key"))?;
-        let ca =
-            CertAuthority::from_pem(&info.ca_cert_pem, &ca_key).map_err(internal("load CA"))?;
+        CertAuthority::from_pem(&info.ca_cert_pem, &ca_key).map_err(internal("load CA"))
+    }
+
+    /// Signs a joining coordinator's CSR with the cluster CA and hands over the sealing key.
+    pub fn issue_join_bundle(
+        &self,
+        id: u64,
+        csr_pem: &str,
+        addr: &CoordinatorAddr,
+    ) -> Result<JoinBundle, AppError> {
+        let ca = self.cluster_ca()?;
+        let cluster_name = self.status().name;
         let mut sans = vec![
             crate::config::host_of(&addr.raft_addr),
             crate::config::host_of(addr.api_url.trim_start_matches("https://")),
+            crate::config::host_of(&addr.fleet_addr),
             "localhost".to_owned(),
         ];
+        sans.retain(|s| !s.is_empty());
+        sans.sort();
         sans.dedup();
         let cert_pem = ca
             .sign_csr(
@@ -590,8 +629,8 @@ impl App {
                 )
             })?;
         Ok(JoinBundle {
-            cluster_name: info.name,
-            ca_cert_pem: info.ca_cert_pem,
+            cluster_name,
+            ca_cert_pem: ca.cert_pem().to_owned(),
             cert_pem,
             sealing_key: self.key.to_base64(),
         })
@@ -727,6 +766,7 @@ pub async fn join(config: &Config, via: &str, token: &str, ca_pem: &str) -> Resu
         addr: CoordinatorAddr {
             raft_addr: config.raft_addr.clone(),
             api_url: config.api_url.clone(),
+            fleet_addr: config.fleet_addr.clone(),
         },
     };
     let resp = client

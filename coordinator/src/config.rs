@@ -12,6 +12,8 @@ pub const DEFAULT_CLUSTER_NAME: &str = "metalfleet";
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7443";
 /// Default Raft listen address (QUIC, UDP).
 pub const DEFAULT_RAFT_LISTEN: &str = "127.0.0.1:7444";
+/// Default fleet (rack agent) listen address (QUIC, UDP).
+pub const DEFAULT_FLEET_LISTEN: &str = "127.0.0.1:7445";
 /// Default request body limit for the REST API.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
@@ -37,6 +39,8 @@ struct RawConfig {
     raft_listen: Option<String>,
     api_url: Option<String>,
     raft_addr: Option<String>,
+    fleet_listen: Option<String>,
+    fleet_addr: Option<String>,
     sealing_key_file: Option<PathBuf>,
     max_body_bytes: Option<usize>,
 }
@@ -60,6 +64,10 @@ pub struct Config {
     pub api_url: String,
     /// `host:port` other coordinators use for Raft.
     pub raft_addr: String,
+    /// UDP socket the QUIC fleet endpoint (rack agents) listens on.
+    pub fleet_listen: SocketAddr,
+    /// `host:port` rack agents use to reach this coordinator.
+    pub fleet_addr: String,
     /// File holding the at-rest sealing key (base64, 32 bytes, mode 0600).
     pub sealing_key_file: PathBuf,
     /// Largest accepted request body.
@@ -128,6 +136,18 @@ impl Config {
             ));
         }
         let raft_addr = raw.raft_addr.unwrap_or_else(|| raft_listen.to_string());
+        let fleet_listen = parse_addr("fleet_listen", raw.fleet_listen, DEFAULT_FLEET_LISTEN)?;
+        let fleet_addr = raw.fleet_addr.unwrap_or_else(|| fleet_listen.to_string());
+        if fleet_addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(err(
+                "fleet_addr",
+                format!("{fleet_addr:?} must be host:port"),
+            ));
+        }
         if raft_addr
             .rsplit_once(':')
             .and_then(|(_, p)| p.parse::<u16>().ok())
@@ -159,6 +179,8 @@ impl Config {
             raft_listen,
             api_url,
             raft_addr,
+            fleet_listen,
+            fleet_addr,
             sealing_key_file,
             max_body_bytes,
         })

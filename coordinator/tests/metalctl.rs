@@ -209,11 +209,12 @@ fn start_cluster() -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let api_port = free_tcp_port();
     let raft_port = free_udp_port();
+    let fleet_port = free_udp_port();
     let cfg = dir.path().join("coordinator.toml");
     std::fs::write(
         &cfg,
         format!(
-            "id = 1\ndata_dir = {:?}\napi_listen = \"127.0.0.1:{api_port}\"\nraft_listen = \"127.0.0.1:{raft_port}\"\n",
+            "id = 1\ndata_dir = {:?}\napi_listen = \"127.0.0.1:{api_port}\"\nraft_listen = \"127.0.0.1:{raft_port}\"\nfleet_listen = \"127.0.0.1:{fleet_port}\"\n",
             dir.path().join("data").display().to_string()
         ),
     )
@@ -274,11 +275,12 @@ fn start_cluster() -> Cluster {
 fn start_leaderless(c: &Cluster) -> (Coordinator, String) {
     let api_port = free_tcp_port();
     let raft_port = free_udp_port();
+    let fleet_port = free_udp_port();
     let cfg = c.dir.path().join("coordinator-2.toml");
     std::fs::write(
         &cfg,
         format!(
-            "id = 2\ndata_dir = {:?}\napi_listen = \"127.0.0.1:{api_port}\"\nraft_listen = \"127.0.0.1:{raft_port}\"\n",
+            "id = 2\ndata_dir = {:?}\napi_listen = \"127.0.0.1:{api_port}\"\nraft_listen = \"127.0.0.1:{raft_port}\"\nfleet_listen = \"127.0.0.1:{fleet_port}\"\n",
             c.dir.path().join("data-2").display().to_string()
         ),
     )

@@ -65,6 +65,7 @@ fn addr(id: u64) -> CoordinatorAddr {
     CoordinatorAddr {
         raft_addr: format!("node-{id}"),
         api_url: format!("https://node-{id}"),
+        fleet_addr: format!("node-{id}:7445"),
     }
 }
 

@@ -545,6 +545,9 @@ pub struct Node {
     pub boot_target: BootTarget,
     /// Owning project, if allocated.
     pub project: Option<ProjectId>,
+    /// Last power state its rack agent observed (`None`: never observed).
+    #[serde(default)]
+    pub power_on: Option<bool>,
     /// Tags (inventory tags are copied on registration).
     pub tags: BTreeSet<Tag>,
     /// When it was registered.
@@ -667,12 +670,86 @@ pub struct CoordinatorAddr {
     pub raft_addr: String,
     /// `https://host:port` of its REST API.
     pub api_url: String,
+    /// `host:port` of its fleet (rack agent) QUIC endpoint.
+    #[serde(default)]
+    pub fleet_addr: String,
 }
 
 impl fmt::Display for CoordinatorAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "raft={} api={}", self.raft_addr, self.api_url)
+        write!(
+            f,
+            "raft={} api={} fleet={}",
+            self.raft_addr, self.api_url, self.fleet_addr
+        )
     }
+}
+
+/// A rack's agent as the coordinators know it: its certificate and what it last reported.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct RackAgent {
+    /// The rack.
+    pub rack: Option<RackId>,
+    /// SHA-256 fingerprint of the agent's current certificate (`None`: not enrolled).
+    pub cert_fingerprint: Option<String>,
+    /// Fingerprint of the certificate it renewed from (accepted until it reconnects).
+    pub previous_fingerprint: Option<String>,
+    /// Expiry of the current certificate.
+    pub cert_not_after: Option<UnixMillis>,
+    /// When it enrolled.
+    pub enrolled_at: Option<UnixMillis>,
+    /// Revoked agents are refused until they enroll again.
+    pub revoked: bool,
+    /// Highest event sequence number applied.
+    pub last_seq: u64,
+    /// Events applied in all.
+    pub events_applied: u64,
+    /// What it last reported over the fleet link.
+    pub link: Option<AgentLink>,
+}
+
+/// An agent's fleet link as last reported by the coordinator serving it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+pub struct AgentLink {
+    /// Whether the link was up at the last report.
+    pub connected: bool,
+    /// Coordinator serving (or last serving) it.
+    pub coordinator: u64,
+    /// Time of the last report.
+    pub last_seen: UnixMillis,
+    /// Revision the agent has stored and acknowledged.
+    pub revision: Revision,
+    /// Events waiting in its outbox.
+    pub outbox_depth: u64,
+    /// Agent software version.
+    pub version: String,
+}
+
+/// A one-time rack enrollment token as stored (hash only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollToken {
+    /// Rack it enrolls.
+    pub rack: RackId,
+    /// Lowercase hex SHA-256 of the secret.
+    pub hash: String,
+    /// Expiry.
+    pub expires_at: UnixMillis,
+    /// When it was used (tokens are single-use).
+    pub used_at: Option<UnixMillis>,
+}
+
+/// A DHCP lease reported by a rack agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Lease {
+    /// Client MAC.
+    pub mac: Mac,
+    /// Address.
+    #[schema(value_type = String)]
+    pub ip: std::net::IpAddr,
+    /// Rack whose agent granted it.
+    pub rack: RackId,
+    /// When the agent observed it.
+    pub at: UnixMillis,
 }
 
 /// Labels attached to a free-form object; kept sorted for stable output.

@@ -212,6 +212,7 @@ struct Member {
     data_dir: PathBuf,
     api_url: String,
     raft_addr: String,
+    fleet_addr: String,
     log: PathBuf,
     child: Mutex<Option<Child>>,
 }
@@ -361,11 +362,13 @@ impl Cluster {
         for id in 1..=opts.members {
             let api_port = free_port()?;
             let raft_port = free_port()?;
+            let fleet_port = free_port()?;
             let data_dir = dir.path().join(format!("d{id}"));
             let config = dir.path().join(format!("c{id}.toml"));
             let mut toml = format!(
                 "id = {id}\ncluster_name = \"mf-e2e\"\ndata_dir = {data:?}\n\
-                 api_listen = \"127.0.0.1:{api_port}\"\nraft_listen = \"127.0.0.1:{raft_port}\"\n",
+                 api_listen = \"127.0.0.1:{api_port}\"\nraft_listen = \"127.0.0.1:{raft_port}\"\n\
+                 fleet_listen = \"127.0.0.1:{fleet_port}\"\n",
                 data = data_dir.display().to_string(),
             );
             if let Some(b) = opts.max_body_bytes {
@@ -378,6 +381,7 @@ impl Cluster {
                 data_dir,
                 api_url: format!("https://127.0.0.1:{api_port}"),
                 raft_addr: format!("127.0.0.1:{raft_port}"),
+                fleet_addr: format!("127.0.0.1:{fleet_port}"),
                 log: dir.path().join(format!("m{id}.log")),
                 child: Mutex::new(None),
             });
@@ -439,11 +443,12 @@ impl Cluster {
             run_to_end(cmd, &m.log).await?;
             self.spawn_run(id)?;
             self.wait_healthy(id).await?;
-            let (raft_addr, api_url) = (m.raft_addr.clone(), m.api_url.clone());
+            let (raft_addr, api_url, fleet_addr) =
+                (m.raft_addr.clone(), m.api_url.clone(), m.fleet_addr.clone());
             self.api(1)
                 .post(
                     "/v1/cluster/learners",
-                    &json!({"id": id, "raft_addr": raft_addr, "api_url": api_url}),
+                    &json!({"id": id, "raft_addr": raft_addr, "api_url": api_url, "fleet_addr": fleet_addr}),
                 )
                 .await?
                 .ok()
@@ -525,6 +530,13 @@ impl Cluster {
     pub fn raft_addr(&self, id: u64) -> String {
         self.member(id)
             .map(|m| m.raft_addr.clone())
+            .unwrap_or_default()
+    }
+
+    /// Fleet (rack agent) endpoint `host:port` of member `id`.
+    pub fn fleet_addr(&self, id: u64) -> String {
+        self.member(id)
+            .map(|m| m.fleet_addr.clone())
             .unwrap_or_default()
     }
 

@@ -35,6 +35,10 @@ pub(super) struct NewLearner {
     id: u64,
     raft_addr: String,
     api_url: String,
+    /// `host:port` of its fleet endpoint for rack agents (optional; agents also learn it
+    /// from their configuration).
+    #[serde(default)]
+    fleet_addr: Option<String>,
 }
 
 /// Result of a membership change.
@@ -103,6 +107,7 @@ pub(super) async fn add_learner(
     let addr = CoordinatorAddr {
         raft_addr: l.raft_addr,
         api_url: l.api_url,
+        fleet_addr: l.fleet_addr.unwrap_or_default(),
     };
     let revision = app.add_learner(l.id, addr.clone()).await?;
     note(

@@ -5,6 +5,7 @@
 //! linearizable unless the caller passes `stale=true`.
 
 mod access;
+mod agents;
 pub mod auth;
 mod cluster;
 pub mod csv_import;
@@ -27,8 +28,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use access::CreatedToken;
+pub use agents::{AgentView, CreatedEnrollToken, EnrollResponse};
 pub use cluster::MembershipChanged;
-pub use fleet::NodePatchInput;
+pub use fleet::{bmc_context, NodePatchInput};
 
 use self::auth::Principal;
 use self::error::{ApiError, ApiResult};
@@ -121,6 +123,10 @@ pub fn router(app: Arc<App>) -> Router {
         .routes(routes!(access::list_tokens, access::create_token))
         .routes(routes!(access::delete_token))
         .routes(routes!(access::list_audit))
+        .routes(routes!(agents::create_enroll_token))
+        .routes(routes!(agents::enroll))
+        .routes(routes!(agents::list_agents))
+        .routes(routes!(agents::revoke_agent))
         .split_for_parts();
     let doc = Arc::new(doc);
     let max_body = app.config.max_body_bytes;

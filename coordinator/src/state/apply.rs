@@ -2,11 +2,13 @@
 
 use std::collections::BTreeSet;
 
+use protocol::domain::{AgentLink, EnrollToken, Lease, RackAgent};
 use protocol::domain::{
     AuditEntry, BootTarget, InventoryRecord, Node, NodeState, Project, Rack, Role, Site,
     TokenRecord, UnixMillis, User,
 };
 use protocol::error::{ErrorBody, ErrorCode};
+use protocol::fleet::{Event, EventKind};
 use protocol::json::JsonValue;
 use protocol::{Mac, NodeId, ProjectId, RackId, Revision, Serial, SiteId, Tag, TokenId, UserName};
 use serde::{Deserialize, Serialize};
@@ -104,6 +106,46 @@ pub enum Command {
     CreateToken(TokenRecord),
     /// Revoke a token.
     DeleteToken(TokenId),
+    /// Add a one-time rack enrollment token (hash only).
+    CreateEnrollToken(EnrollToken),
+    /// Enroll a rack's agent: consume the token, record the certificate it was issued.
+    Enroll {
+        /// Rack.
+        rack: RackId,
+        /// Hash of the presented token.
+        token_hash: String,
+        /// Fingerprint of the issued certificate.
+        fingerprint: String,
+        /// Its expiry.
+        not_after: UnixMillis,
+    },
+    /// An enrolled agent renewed its certificate over its fleet link.
+    RenewAgentCert {
+        /// Rack.
+        rack: RackId,
+        /// Fingerprint of the certificate it connected with.
+        old_fingerprint: String,
+        /// Fingerprint of the new certificate.
+        fingerprint: String,
+        /// Its expiry.
+        not_after: UnixMillis,
+    },
+    /// Revoke a rack's agent: its certificate is refused from now on.
+    RevokeAgent(RackId),
+    /// Events an agent observed; each `(rack, seq)` is applied at most once, in order.
+    AgentEvents {
+        /// Rack.
+        rack: RackId,
+        /// Events in sequence order.
+        events: Vec<Event>,
+    },
+    /// What the coordinator serving an agent last saw of its link.
+    AgentLinkReport {
+        /// Rack.
+        rack: RackId,
+        /// Link state.
+        link: AgentLink,
+    },
     /// Record an action that happened outside the state machine (e.g. a membership change).
     Note {
         /// Action name.
@@ -132,6 +174,12 @@ impl Command {
             Command::DeleteUser(_) => "user.delete",
             Command::CreateToken(_) => "token.create",
             Command::DeleteToken(_) => "token.delete",
+            Command::CreateEnrollToken(_) => "rack.enroll_token",
+            Command::Enroll { .. } => "rack.enroll",
+            Command::RenewAgentCert { .. } => "rack.renew_certificate",
+            Command::RevokeAgent(_) => "rack.revoke_agent",
+            Command::AgentEvents { .. } => "rack.events",
+            Command::AgentLinkReport { .. } => "rack.link",
             Command::Note { action, .. } => action,
         }
     }
@@ -157,8 +205,23 @@ impl Command {
             Command::DeleteUser(u) => u.to_string(),
             Command::CreateToken(t) => format!("{} ({})", t.id, t.user),
             Command::DeleteToken(t) => t.to_string(),
+            Command::CreateEnrollToken(t) => t.rack.to_string(),
+            Command::Enroll { rack, .. }
+            | Command::RenewAgentCert { rack, .. }
+            | Command::AgentEvents { rack, .. }
+            | Command::AgentLinkReport { rack, .. } => rack.to_string(),
+            Command::RevokeAgent(r) => r.to_string(),
             Command::Note { target, .. } => target.clone(),
         }
+    }
+
+    /// Whether the audit trail records this command. Agent telemetry (events, link reports)
+    /// is observation, not an operator's change, and would drown the trail.
+    pub fn audited(&self) -> bool {
+        !matches!(
+            self,
+            Command::AgentEvents { .. } | Command::AgentLinkReport { .. }
+        )
     }
 }
 
@@ -196,6 +259,11 @@ pub enum Applied {
     Node(Box<Node>),
     /// Inventory import result.
     Import(ImportReport),
+    /// Agent events applied up to this sequence number.
+    Events {
+        /// Highest applied sequence number for the rack.
+        last_seq: u64,
+    },
 }
 
 /// The answer to a [`Request`]: the revision it was applied at and its result.
@@ -226,19 +294,21 @@ impl State {
             Ok(_) => "applied".to_owned(),
             Err(e) => format!("refused: {}: {}", e.code.as_str(), e.message),
         };
-        self.audit.insert(
-            revision,
-            AuditEntry {
+        if req.command.audited() {
+            self.audit.insert(
                 revision,
-                at: req.at,
-                actor: req.actor.clone(),
-                action: req.command.action().to_owned(),
-                target: req.command.target(),
-                outcome,
-                request_id: req.request_id.clone(),
-            },
-        );
-        self.dirty.insert(Key::Audit(revision));
+                AuditEntry {
+                    revision,
+                    at: req.at,
+                    actor: req.actor.clone(),
+                    action: req.command.action().to_owned(),
+                    target: req.command.target(),
+                    outcome,
+                    request_id: req.request_id.clone(),
+                },
+            );
+            self.dirty.insert(Key::Audit(revision));
+        }
         let response = Response {
             revision,
             result,
@@ -414,6 +484,9 @@ impl State {
                     rec.generation = generation;
                     self.inventory.insert(serial.clone(), rec);
                     self.dirty.insert(Key::Inventory(serial.clone()));
+                    if let Some(r) = self.node_by_serial(serial).and_then(|n| n.rack.clone()) {
+                        self.touch_rack(&r, rev);
+                    }
                 }
                 Ok(Applied::Import(report))
             }
@@ -454,12 +527,15 @@ impl State {
                             node.macs.push(*m);
                         }
                     }
+                    let old_rack = node.rack.clone();
                     if rack.is_some() {
                         node.rack.clone_from(rack);
                     }
                     node.revision = rev;
+                    let node = node.clone();
                     self.dirty.insert(Key::Node(existing));
-                    return Ok(Applied::Node(Box::new(node.clone())));
+                    self.node_moved(existing, old_rack.as_ref(), node.rack.as_ref(), rev);
+                    return Ok(Applied::Node(Box::new(node)));
                 }
                 if self.nodes.contains_key(id) {
                     return Err(refuse(
@@ -482,6 +558,7 @@ impl State {
                     facts: JsonValue(serde_json::Value::Object(Default::default())),
                     boot_target: BootTarget::Discovery,
                     project: None,
+                    power_on: None,
                     tags: expected.map(|e| e.tags.clone()).unwrap_or_default(),
                     created_at: at,
                     revision: rev,
@@ -489,6 +566,7 @@ impl State {
                 self.node_by_serial.insert(serial.clone(), *id);
                 self.nodes.insert(*id, node.clone());
                 self.dirty.insert(Key::Node(*id));
+                self.node_moved(*id, None, node.rack.as_ref(), rev);
                 Ok(Applied::Node(Box::new(node)))
             }
             Command::PatchNode { id, patch } => {
@@ -546,8 +624,12 @@ impl State {
                     node.tags.clone_from(t);
                 }
                 node.revision = rev;
+                let node = node.clone();
                 self.dirty.insert(Key::Node(*id));
-                Ok(Applied::Node(Box::new(node.clone())))
+                if let Some(r) = &node.rack {
+                    self.touch_rack(r, rev);
+                }
+                Ok(Applied::Node(Box::new(node)))
             }
             Command::PutProject(p) => {
                 self.projects.insert(p.name.clone(), p.clone());
@@ -636,7 +718,225 @@ impl State {
                 self.remove_token(*id);
                 Ok(Applied::Done)
             }
+            Command::CreateEnrollToken(t) => {
+                if !self.racks.contains_key(&t.rack) {
+                    return Err(refuse_field(
+                        ErrorCode::InvalidField,
+                        "rack",
+                        format!("rack {} does not exist", t.rack),
+                    ));
+                }
+                if self.enroll_tokens.contains_key(&t.hash) {
+                    return Err(refuse(
+                        ErrorCode::AlreadyExists,
+                        "enrollment token already exists",
+                    ));
+                }
+                self.dirty.insert(Key::EnrollToken(t.hash.clone()));
+                self.enroll_tokens.insert(t.hash.clone(), t.clone());
+                Ok(Applied::Done)
+            }
+            Command::Enroll {
+                rack,
+                token_hash,
+                fingerprint,
+                not_after,
+            } => {
+                let Some(token) = self.enroll_tokens.get_mut(token_hash) else {
+                    return Err(refuse(
+                        ErrorCode::Unauthenticated,
+                        "unknown enrollment token",
+                    ));
+                };
+                if token.used_at.is_some() {
+                    return Err(refuse(
+                        ErrorCode::Unauthenticated,
+                        "enrollment token was already used",
+                    ));
+                }
+                if token.expires_at <= at {
+                    return Err(refuse(
+                        ErrorCode::Unauthenticated,
+                        "enrollment token expired",
+                    ));
+                }
+                if &token.rack != rack {
+                    return Err(refuse_field(
+                        ErrorCode::Forbidden,
+                        "rack",
+                        format!("this token enrolls rack {}, not {rack}", token.rack),
+                    ));
+                }
+                token.used_at = Some(at);
+                self.dirty.insert(Key::EnrollToken(token_hash.clone()));
+                // Re-enrollment keeps the event sequence: the rack's events stay exactly-once
+                // across agent replacements.
+                let agent = self.agents.entry(rack.clone()).or_default();
+                agent.rack = Some(rack.clone());
+                agent.cert_fingerprint = Some(fingerprint.clone());
+                agent.previous_fingerprint = None;
+                agent.cert_not_after = Some(*not_after);
+                agent.enrolled_at = Some(at);
+                agent.revoked = false;
+                self.dirty.insert(Key::Agent(rack.clone()));
+                Ok(Applied::Events {
+                    last_seq: agent.last_seq,
+                })
+            }
+            Command::RenewAgentCert {
+                rack,
+                old_fingerprint,
+                fingerprint,
+                not_after,
+            } => {
+                let agent = self.live_agent(rack)?;
+                if agent.cert_fingerprint.as_ref() != Some(old_fingerprint) {
+                    return Err(refuse(
+                        ErrorCode::Forbidden,
+                        format!("certificate of rack {rack} was replaced or revoked"),
+                    ));
+                }
+                agent.previous_fingerprint = agent.cert_fingerprint.replace(fingerprint.clone());
+                agent.cert_not_after = Some(*not_after);
+                self.dirty.insert(Key::Agent(rack.clone()));
+                Ok(Applied::Done)
+            }
+            Command::RevokeAgent(rack) => {
+                let Some(agent) = self.agents.get_mut(rack) else {
+                    return Err(refuse(
+                        ErrorCode::NotFound,
+                        format!("rack {rack} has no enrolled agent"),
+                    ));
+                };
+                agent.revoked = true;
+                agent.cert_fingerprint = None;
+                agent.previous_fingerprint = None;
+                self.dirty.insert(Key::Agent(rack.clone()));
+                Ok(Applied::Done)
+            }
+            Command::AgentEvents { rack, events } => {
+                self.live_agent(rack)?;
+                let mut last = self.agents.get(rack).map(|a| a.last_seq).unwrap_or(0);
+                let mut applied = 0u64;
+                for e in events {
+                    if e.seq <= last {
+                        continue; // already applied: a resend after a lost acknowledgement
+                    }
+                    if e.seq != last + 1 {
+                        break; // a gap: apply nothing beyond it; the agent resends from last + 1
+                    }
+                    self.apply_event(rack, rev, e);
+                    last = e.seq;
+                    applied += 1;
+                }
+                if let Some(agent) = self.agents.get_mut(rack) {
+                    agent.last_seq = last;
+                    agent.events_applied += applied;
+                }
+                self.dirty.insert(Key::Agent(rack.clone()));
+                Ok(Applied::Events { last_seq: last })
+            }
+            Command::AgentLinkReport { rack, link } => {
+                let agent = self.live_agent(rack)?;
+                agent.link = Some(link.clone());
+                self.dirty.insert(Key::Agent(rack.clone()));
+                Ok(Applied::Done)
+            }
             Command::Note { .. } => Ok(Applied::Done),
+        }
+    }
+
+    /// The enrolled, unrevoked agent of `rack`.
+    fn live_agent(&mut self, rack: &RackId) -> Result<&mut RackAgent, Refusal> {
+        match self.agents.get_mut(rack) {
+            Some(a) if !a.revoked && a.cert_fingerprint.is_some() => Ok(a),
+            Some(_) => Err(refuse(
+                ErrorCode::Forbidden,
+                format!("the agent of rack {rack} is revoked"),
+            )),
+            None => Err(refuse(
+                ErrorCode::NotFound,
+                format!("rack {rack} has no enrolled agent"),
+            )),
+        }
+    }
+
+    /// Node entered `new` and/or left `old`: keep the index, the rack change marks and the
+    /// departure records (so the old rack's agent is told to forget it) in step.
+    fn node_moved(
+        &mut self,
+        id: NodeId,
+        old: Option<&RackId>,
+        new: Option<&RackId>,
+        rev: Revision,
+    ) {
+        if old != new {
+            self.index_node_rack(id, old, new);
+            if let Some(o) = old {
+                self.departures.insert((o.clone(), id), rev);
+                self.dirty.insert(Key::Departure(o.clone(), id));
+                self.touch_rack(o, rev);
+            }
+            if let Some(n) = new {
+                if self.departures.remove(&(n.clone(), id)).is_some() {
+                    self.dirty.insert(Key::Departure(n.clone(), id));
+                }
+            }
+        }
+        if let Some(n) = new {
+            self.touch_rack(n, rev);
+        }
+    }
+
+    /// The effect of one agent event on the desired state.
+    fn apply_event(&mut self, rack: &RackId, rev: Revision, e: &Event) {
+        match &e.kind {
+            EventKind::Lease { mac, ip } => {
+                self.leases.insert(
+                    *mac,
+                    Lease {
+                        mac: *mac,
+                        ip: *ip,
+                        rack: rack.clone(),
+                        at: e.at,
+                    },
+                );
+                self.dirty.insert(Key::Lease(*mac));
+            }
+            EventKind::CheckIn {
+                serial,
+                macs,
+                facts,
+            } => {
+                // The node id of a first check-in is derived from the serial, so every replica
+                // (and a replay) computes the same id without a clock or randomness.
+                let id = match self.node_by_serial.get(serial) {
+                    Some(id) => *id,
+                    None => NodeId(uuid_from(serial.as_str())),
+                };
+                let cmd = Command::RegisterNode {
+                    id,
+                    serial: serial.clone(),
+                    rack: Some(rack.clone()),
+                    macs: macs.clone(),
+                };
+                if self.apply_command(rev, e.at, &cmd).is_ok() {
+                    let patch = NodePatch {
+                        facts: Some(facts.clone()).filter(|f| f.0.is_object()),
+                        ..Default::default()
+                    };
+                    let _ = self.apply_command(rev, e.at, &Command::PatchNode { id, patch });
+                }
+            }
+            EventKind::Power { node, on } => {
+                if let Some(n) = self.nodes.get_mut(node) {
+                    n.power_on = Some(*on);
+                    self.dirty.insert(Key::Node(*node));
+                }
+            }
+            // Step logs are kept by the agent and streamed separately (workflow issue); the
+            // event still counts as applied so the outbox drains.
+            EventKind::Log { .. } => {}
         }
     }
 
@@ -766,6 +1066,15 @@ impl State {
         }
         self.dirty.insert(Key::Token(id));
     }
+}
+
+/// A deterministic UUID (version 8, RFC 9562 custom) from a name.
+fn uuid_from(name: &str) -> uuid::Uuid {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
 fn same_inventory(a: &InventoryRecord, b: &InventoryRecord) -> bool {

@@ -14,10 +14,11 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 
 use protocol::domain::{
-    AuditEntry, InventoryRecord, Node, Project, Rack, Sealed, Site, TokenRecord, UnixMillis, User,
+    AuditEntry, EnrollToken, InventoryRecord, Lease, Node, Project, Rack, RackAgent, Sealed, Site,
+    TokenRecord, UnixMillis, User,
 };
 use protocol::error::{ErrorBody, ErrorCode};
-use protocol::{NodeId, ProjectId, RackId, Revision, Serial, SiteId, TokenId, UserName};
+use protocol::{Mac, NodeId, ProjectId, RackId, Revision, Serial, SiteId, TokenId, UserName};
 use serde::{Deserialize, Serialize};
 
 pub use apply::{
@@ -74,6 +75,14 @@ pub enum Key {
     Audit(Revision),
     /// A remembered request.
     Session(String),
+    /// A rack's agent record.
+    Agent(RackId),
+    /// An enrollment token, by hash.
+    EnrollToken(String),
+    /// A DHCP lease, by MAC.
+    Lease(Mac),
+    /// A node that left a rack (for that rack's deltas).
+    Departure(RackId, NodeId),
 }
 
 /// The whole desired state held by every coordinator.
@@ -99,6 +108,15 @@ pub struct State {
     pub audit: BTreeMap<Revision, AuditEntry>,
     /// Idempotency keys of recent requests.
     pub sessions: BTreeMap<String, Session>,
+    /// Rack agents by rack.
+    pub agents: BTreeMap<RackId, RackAgent>,
+    /// Rack enrollment tokens by hash.
+    pub enroll_tokens: BTreeMap<String, EnrollToken>,
+    /// DHCP leases reported by agents, by MAC.
+    pub leases: BTreeMap<Mac, Lease>,
+    /// Nodes that left a rack, with the revision they left at: the rack's agent is told to
+    /// remove them.
+    pub departures: BTreeMap<(RackId, NodeId), Revision>,
 
     /// Index: serial → node id. Derived; rebuilt by [`State::rebuild_indexes`].
     #[serde(skip)]
@@ -109,6 +127,12 @@ pub struct State {
     /// Index: (time, key) of sessions, oldest first, for expiry. Derived.
     #[serde(skip)]
     session_order: BTreeSet<(UnixMillis, String)>,
+    /// Index: rack → its nodes. Derived.
+    #[serde(skip)]
+    rack_nodes: BTreeMap<RackId, BTreeSet<NodeId>>,
+    /// Index: rack → last revision at which anything its agent holds changed. Derived.
+    #[serde(skip)]
+    rack_changed: BTreeMap<RackId, Revision>,
     /// Objects touched since the last [`State::take_dirty`]. Not persisted.
     #[serde(skip)]
     dirty: BTreeSet<Key>,
@@ -136,6 +160,57 @@ impl State {
             .iter()
             .map(|(k, s)| (s.at, k.clone()))
             .collect();
+        self.rack_nodes.clear();
+        self.rack_changed.clear();
+        for n in self.nodes.values() {
+            if let Some(r) = &n.rack {
+                self.rack_nodes.entry(r.clone()).or_default().insert(n.id);
+                let inv = self
+                    .inventory
+                    .get(&n.serial)
+                    .map(|i| i.revision)
+                    .unwrap_or(0);
+                let e = self.rack_changed.entry(r.clone()).or_default();
+                *e = (*e).max(n.revision).max(inv);
+            }
+        }
+        for ((rack, _), rev) in &self.departures {
+            let e = self.rack_changed.entry(rack.clone()).or_default();
+            *e = (*e).max(*rev);
+        }
+    }
+
+    /// Ids of the nodes in `rack`.
+    pub fn rack_node_ids(&self, rack: &RackId) -> impl Iterator<Item = &NodeId> {
+        self.rack_nodes.get(rack).into_iter().flatten()
+    }
+
+    /// Last revision at which anything `rack`'s agent holds changed (0: nothing yet).
+    pub fn rack_changed(&self, rack: &RackId) -> Revision {
+        self.rack_changed.get(rack).copied().unwrap_or(0)
+    }
+
+    /// Records that `rack`'s agent view changed at `rev`.
+    pub(crate) fn touch_rack(&mut self, rack: &RackId, rev: Revision) {
+        let e = self.rack_changed.entry(rack.clone()).or_default();
+        *e = (*e).max(rev);
+    }
+
+    /// Keeps the rack → nodes index in step when a node enters or leaves a rack.
+    pub(crate) fn index_node_rack(
+        &mut self,
+        id: NodeId,
+        old: Option<&RackId>,
+        new: Option<&RackId>,
+    ) {
+        if let Some(o) = old {
+            if let Some(set) = self.rack_nodes.get_mut(o) {
+                set.remove(&id);
+            }
+        }
+        if let Some(n) = new {
+            self.rack_nodes.entry(n.clone()).or_default().insert(id);
+        }
     }
 
     /// The node with this serial, if registered.
@@ -172,6 +247,14 @@ impl State {
         keys.extend(self.tokens.keys().copied().map(Key::Token));
         keys.extend(self.audit.keys().copied().map(Key::Audit));
         keys.extend(self.sessions.keys().cloned().map(Key::Session));
+        keys.extend(self.agents.keys().cloned().map(Key::Agent));
+        keys.extend(self.enroll_tokens.keys().cloned().map(Key::EnrollToken));
+        keys.extend(self.leases.keys().copied().map(Key::Lease));
+        keys.extend(
+            self.departures
+                .keys()
+                .map(|(r, n)| Key::Departure(r.clone(), *n)),
+        );
         keys
     }
 
@@ -191,6 +274,13 @@ impl State {
             Key::Token(k) => enc(self.tokens.get(k)),
             Key::Audit(k) => enc(self.audit.get(k)),
             Key::Session(k) => enc(self.sessions.get(k)),
+            Key::Agent(k) => enc(self.agents.get(k)),
+            Key::EnrollToken(k) => enc(self.enroll_tokens.get(k)),
+            Key::Lease(k) => enc(self.leases.get(k)),
+            Key::Departure(r, n) => {
+                let record = self.departures.get(&(r.clone(), *n)).map(|rev| (r, n, rev));
+                enc(record.as_ref())
+            }
         }
     }
 
@@ -208,6 +298,10 @@ impl State {
             Key::Token(k) => format!("token/{k}"),
             Key::Audit(k) => format!("audit/{k:020}"),
             Key::Session(k) => format!("session/{k}"),
+            Key::Agent(k) => format!("agent/{k}"),
+            Key::EnrollToken(k) => format!("enroll/{k}"),
+            Key::Lease(k) => format!("lease/{k}"),
+            Key::Departure(r, n) => format!("departure/{r}/{n}"),
         }
     }
 
@@ -255,6 +349,27 @@ impl State {
                 let k = &storage_key["session/".len()..];
                 let v: Session = postcard::from_bytes(bytes).map_err(err)?;
                 self.sessions.insert(k.to_owned(), v);
+            }
+            "agent" => {
+                let v: RackAgent = postcard::from_bytes(bytes).map_err(err)?;
+                let rack = v
+                    .rack
+                    .clone()
+                    .ok_or_else(|| format!("{storage_key}: agent record without rack"))?;
+                self.agents.insert(rack, v);
+            }
+            "enroll" => {
+                let v: EnrollToken = postcard::from_bytes(bytes).map_err(err)?;
+                self.enroll_tokens.insert(v.hash.clone(), v);
+            }
+            "lease" => {
+                let v: Lease = postcard::from_bytes(bytes).map_err(err)?;
+                self.leases.insert(v.mac, v);
+            }
+            "departure" => {
+                let (r, n, rev): (RackId, NodeId, Revision) =
+                    postcard::from_bytes(bytes).map_err(err)?;
+                self.departures.insert((r, n), rev);
             }
             other => return Err(format!("unknown object kind {other:?} in {storage_key:?}")),
         }

@@ -929,6 +929,7 @@ fn register_new_node_takes_rack_and_tags_from_inventory() {
             facts: JsonValue(json!({})),
             boot_target: BootTarget::Discovery,
             project: None,
+            power_on: None,
             tags: tags(&["gpu", "prod"]),
             created_at: T0,
             revision: f.rev,

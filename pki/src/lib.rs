@@ -473,7 +473,23 @@ pub fn generate_csr(identity: &Identity) -> Result<(String, String), PkiError> {
 /// SHA-256 fingerprint (lowercase hex) of the first certificate in a PEM string.
 pub fn fingerprint(cert_pem: &str) -> Result<String, PkiError> {
     let der = first_cert_der(cert_pem, "certificate")?;
-    Ok(hex::encode(Sha256::digest(der.as_ref())))
+    Ok(fingerprint_der(der.as_ref()))
+}
+
+/// SHA-256 fingerprint (lowercase hex) of a DER certificate, e.g. a QUIC peer's.
+pub fn fingerprint_der(cert_der: &[u8]) -> String {
+    hex::encode(Sha256::digest(cert_der))
+}
+
+/// Identity and certificate fingerprint of the peer of an established QUIC connection.
+pub fn quinn_peer(conn: &quinn::Connection) -> Result<(Identity, String), PkiError> {
+    let identity = quinn_peer_identity(conn)?;
+    let fp = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().map(|c| fingerprint_der(c.as_ref())))
+        .unwrap_or_default();
+    Ok((identity, fp))
 }
 
 /// Identity of a peer from its end-entity certificate DER (CN parsed with [`Identity::parse`]).

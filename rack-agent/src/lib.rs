@@ -1,0 +1,1 @@
+//! The rack agent (being built: enrollment, fleet link, local store, outbox).

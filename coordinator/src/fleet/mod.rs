@@ -7,6 +7,8 @@
 //! (events, link reports, renewals) go through [`App::write`], which forwards to the leader.
 
 pub mod desired;
+#[cfg(test)]
+mod desired_tests;
 mod server;
 
 pub use server::serve;

@@ -334,7 +334,9 @@ async fn session(
     tracing::info!(%rack, version = %s.version, from = last_revision, "agent connected");
     s.report(true).await;
 
-    let mut applied = app.raft.metrics();
+    // Data metrics change only when the log or applied state does (not on every heartbeat
+    // bookkeeping update), so a thousand idle agent sessions stay idle.
+    let mut applied = app.raft.data_metrics();
     let mut ticker = tokio::time::interval(LINK_REPORT_INTERVAL);
     ticker.tick().await;
     let result = loop {

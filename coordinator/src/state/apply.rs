@@ -442,6 +442,16 @@ impl State {
                 Ok(Applied::Done)
             }
             Command::DeleteRack(name) => {
+                if self
+                    .agents
+                    .get(name)
+                    .is_some_and(|a| !a.revoked && a.cert_fingerprint.is_some())
+                {
+                    return Err(refuse(
+                        ErrorCode::Conflict,
+                        format!("rack {name} has an enrolled agent; revoke it first"),
+                    ));
+                }
                 if !self.racks.contains_key(name) {
                     return Err(refuse(
                         ErrorCode::NotFound,
@@ -498,6 +508,18 @@ impl State {
                     ));
                 }
                 self.dirty.insert(Key::Inventory(serial.clone()));
+                // The node's agent view loses the record's BMC, addresses and ports: bump the
+                // node so its view revision moves forward and the rack's agent gets the change.
+                if let Some(id) = self.node_by_serial.get(serial).copied() {
+                    if let Some(node) = self.nodes.get_mut(&id) {
+                        node.revision = rev;
+                        let rack = node.rack.clone();
+                        self.dirty.insert(Key::Node(id));
+                        if let Some(r) = rack {
+                            self.touch_rack(&r, rev);
+                        }
+                    }
+                }
                 Ok(Applied::Done)
             }
             Command::RegisterNode {
@@ -790,13 +812,19 @@ impl State {
                 not_after,
             } => {
                 let agent = self.live_agent(rack)?;
-                if agent.cert_fingerprint.as_ref() != Some(old_fingerprint) {
+                if agent.cert_fingerprint.as_ref() == Some(old_fingerprint) {
+                    agent.previous_fingerprint =
+                        agent.cert_fingerprint.replace(fingerprint.clone());
+                } else if agent.previous_fingerprint.as_ref() == Some(old_fingerprint) {
+                    // The reply to an earlier renewal was lost: the agent still holds the
+                    // previous certificate. Replace the unclaimed one; keep accepting the old.
+                    agent.cert_fingerprint = Some(fingerprint.clone());
+                } else {
                     return Err(refuse(
                         ErrorCode::Forbidden,
                         format!("certificate of rack {rack} was replaced or revoked"),
                     ));
                 }
-                agent.previous_fingerprint = agent.cert_fingerprint.replace(fingerprint.clone());
                 agent.cert_not_after = Some(*not_after);
                 self.dirty.insert(Key::Agent(rack.clone()));
                 Ok(Applied::Done)
@@ -929,7 +957,12 @@ impl State {
                 }
             }
             EventKind::Power { node, on } => {
-                if let Some(n) = self.nodes.get_mut(node) {
+                // An agent speaks only for its own rack's nodes.
+                if let Some(n) = self
+                    .nodes
+                    .get_mut(node)
+                    .filter(|n| n.rack.as_ref() == Some(rack))
+                {
                     n.power_on = Some(*on);
                     self.dirty.insert(Key::Node(*node));
                 }

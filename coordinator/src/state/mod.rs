@@ -7,6 +7,8 @@
 //! [`State::take_dirty`], which the storage layer persists in the same transaction as the
 //! applied log id.
 
+#[cfg(test)]
+mod agent_tests;
 mod apply;
 #[cfg(test)]
 mod tests;
@@ -206,6 +208,9 @@ impl State {
         if let Some(o) = old {
             if let Some(set) = self.rack_nodes.get_mut(o) {
                 set.remove(&id);
+                if set.is_empty() {
+                    self.rack_nodes.remove(o);
+                }
             }
         }
         if let Some(n) = new {

@@ -41,7 +41,8 @@ for i in 2 3; do
   echo "== coordinator join ($i)"
   METALFLEET_TOKEN=$TOKEN "$BIN/coordinator" join -c "$DEMO/c$i.toml" --via https://127.0.0.1:17441 --ca-cert "$CA"
   start "$i"
-  "$BIN/metalctl" cluster add-learner "$i" "127.0.0.1:$((17450 + i))" "https://127.0.0.1:$((17440 + i))" >/dev/null
+  "$BIN/metalctl" cluster add-learner "$i" "127.0.0.1:$((17450 + i))" "https://127.0.0.1:$((17440 + i))" \
+    --fleet-addr "127.0.0.1:$((17460 + i))" >/dev/null
   "$BIN/metalctl" cluster promote "$i" >/dev/null
 done
 echo "== cluster"

@@ -16,6 +16,9 @@ use serde_json::{json, Value};
 // Golden files
 // ---------------------------------------------------------------------------------------
 
+/// The "now" every golden rendering counts relative times from (2023-11-14T22:13:20Z).
+const NOW: i64 = 1_700_000_000_000;
+
 /// Compares `actual` with `tests/golden/<name>.txt`, or rewrites the file when
 /// `UPDATE_GOLDEN=1`.
 fn golden(name: &str, actual: &str) {
@@ -63,7 +66,10 @@ fn golden_cluster_status() {
              "matched_index": 1042}
         ]
     });
-    golden("cluster_status", &render(View::ClusterStatus, &v).unwrap());
+    golden(
+        "cluster_status",
+        &render(View::ClusterStatus, &v, NOW).unwrap(),
+    );
 
     // As a follower answers: progress unknown, shown as such rather than as 0.
     let mut f = v.clone();
@@ -74,7 +80,7 @@ fn golden_cluster_status() {
     }
     golden(
         "cluster_status_follower",
-        &render(View::ClusterStatus, &f).unwrap(),
+        &render(View::ClusterStatus, &f, NOW).unwrap(),
     );
 }
 
@@ -95,8 +101,8 @@ fn golden_node_list() {
          "macs": [], "state": "discovered", "facts": {}, "boot_target": {"kind": "discovery"},
          "project": null, "tags": ["storage"], "created_at": 1700000100000_i64, "revision": 60}
     ]);
-    golden("node_list", &render(View::Nodes, &v).unwrap());
-    golden("node_get", &render(View::Node, &v[0]).unwrap());
+    golden("node_list", &render(View::Nodes, &v, NOW).unwrap());
+    golden("node_get", &render(View::Node, &v[0], NOW).unwrap());
 }
 
 #[test]
@@ -114,10 +120,10 @@ fn golden_inventory_list() {
          "model": null, "nics": [], "bmc": null, "static_ips": [], "tags": [],
          "revision": 19, "generation": 1}
     ]);
-    golden("inventory_list", &render(View::Inventory, &v).unwrap());
+    golden("inventory_list", &render(View::Inventory, &v, NOW).unwrap());
     golden(
         "inventory_get",
-        &render(View::InventoryRecord, &v[0]).unwrap(),
+        &render(View::InventoryRecord, &v[0], NOW).unwrap(),
     );
 }
 
@@ -132,7 +138,7 @@ fn golden_audit() {
          "action": "rack.delete", "target": "ams1-r09",
          "outcome": "refused: conflict: rack ams1-r09 holds nodes", "request_id": null}
     ]);
-    golden("audit", &render(View::Audit, &v).unwrap());
+    golden("audit", &render(View::Audit, &v, NOW).unwrap());
 }
 
 #[test]
@@ -145,13 +151,76 @@ fn golden_import_report() {
     });
     golden(
         "import_report_dry_run",
-        &render(View::ImportReport, &v).unwrap(),
+        &render(View::ImportReport, &v, NOW).unwrap(),
+    );
+}
+
+#[test]
+fn golden_rack_list() {
+    // An AgentView as `GET /v1/agents` gives it for a rack that never enrolled, with `set`
+    // laid over it.
+    let agent = |rack: &str, set: Value| {
+        let mut a = json!({"rack": rack, "enrolled": false, "revoked": false,
+            "cert_not_after": null, "connected": false, "coordinator": null, "last_seen": null,
+            "revision": 0, "revision_lag": 0, "outbox_depth": 0, "version": null,
+            "last_seq": 0, "events_applied": 0});
+        a.as_object_mut()
+            .unwrap()
+            .extend(set.as_object().unwrap().clone());
+        a
+    };
+    let up = agent(
+        "ams1-r01",
+        json!({"enrolled": true, "cert_not_after": NOW + 30 * 86_400_000_i64,
+               "connected": true, "coordinator": 2, "last_seen": NOW - 3_000,
+               "revision": 57, "version": "0.1.0", "last_seq": 1042, "events_applied": 1042}),
+    );
+    let down = agent(
+        "ams1-r02",
+        json!({"enrolled": true, "cert_not_after": NOW + 86_400_000_i64,
+               "coordinator": 1, "last_seen": NOW - 340_000, "revision": 50,
+               "revision_lag": 7, "outbox_depth": 12, "version": "0.1.0",
+               "last_seq": 311, "events_applied": 311}),
+    );
+    let revoked = agent(
+        "fra1-r01",
+        json!({"revoked": true, "coordinator": 3, "last_seen": NOW - 3 * 86_400_000_i64,
+               "revision": 9, "revision_lag": 2, "version": "0.0.9", "last_seq": 88,
+               "events_applied": 88}),
+    );
+    let never = agent("ams1-r03", json!({}));
+    // The joined list `rack list -o json` prints: rack fields plus "agent".
+    // Listed out of order on purpose: the table sorts by rack.
+    let v = json!([
+        {"name": "fra1-r01", "site": "fra1", "description": "", "agent": revoked},
+        {"name": "ams1-r03", "site": "ams1", "description": "new", "agent": never},
+        {"name": "ams1-r02", "site": "ams1", "description": "", "agent": down},
+        {"name": "ams1-r01", "site": "ams1", "description": "", "agent": up},
+        // Created between the rack and agent reads: nothing known, nothing guessed.
+        {"name": "ams1-r04", "site": "ams1", "description": "", "agent": null}
+    ]);
+    golden("rack_list", &render(View::RackAgents, &v, NOW).unwrap());
+}
+
+#[test]
+fn golden_enroll_token() {
+    let v = json!({"rack": "ams1-r01", "token": "mfe_3q2Yt0bKx1", "expires_at": NOW + 3_600_000});
+    golden(
+        "rack_enroll_token",
+        &render(View::CreatedEnrollToken, &v, NOW).unwrap(),
     );
 }
 
 #[test]
 fn rendering_refuses_the_wrong_shape() {
-    assert!(render(View::Nodes, &json!({"not": "a list"})).is_err());
+    assert!(render(View::Nodes, &json!({"not": "a list"}), NOW).is_err());
+    assert!(render(
+        View::RackAgents,
+        &json!([{"name": "r", "agent": null}]),
+        NOW
+    )
+    .is_err());
+    assert!(render(View::RackAgents, &json!(["r"]), NOW).is_err());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -270,9 +339,10 @@ fn start_cluster() -> Cluster {
     }
 }
 
-/// A second coordinator that joined (holds a certificate) but is not a member: it knows no
-/// leader, so its API answers 503 to everything that needs the cluster.
-fn start_leaderless(c: &Cluster) -> (Coordinator, String) {
+/// A second coordinator (id 2) that joined (holds a certificate) but is not a member: it knows
+/// no leader, so its API answers 503 to everything that needs the cluster. Returns it with
+/// its API URL, Raft address and fleet address.
+fn start_leaderless(c: &Cluster) -> (Coordinator, String, String, String) {
     let api_port = free_tcp_port();
     let raft_port = free_udp_port();
     let fleet_port = free_udp_port();
@@ -311,7 +381,12 @@ fn start_leaderless(c: &Cluster) -> (Coordinator, String) {
     let coordinator = Coordinator { child, log };
     let api_url = format!("https://127.0.0.1:{api_port}");
     wait_for(&api_url, "/healthz", &c.ca, &coordinator);
-    (coordinator, api_url)
+    (
+        coordinator,
+        api_url,
+        format!("127.0.0.1:{raft_port}"),
+        format!("127.0.0.1:{fleet_port}"),
+    )
 }
 
 /// Polls `/readyz` until the coordinator knows a leader.
@@ -407,7 +482,7 @@ fn end_to_end_against_a_real_coordinator() {
     assert!(out.contains("ams1") && out.contains("Amsterdam"), "{out}");
     c.ok(&["rack", "create", "ams1-r01", "--site", "ams1"]);
     let out = c.ok(&["rack", "list"]);
-    assert!(out.starts_with("NAME"), "{out}");
+    assert!(out.starts_with("RACK"), "{out}");
     assert!(out.contains("ams1-r01"), "{out}");
 
     // Inventory from CSV, then a dry run of a changed file.
@@ -501,6 +576,62 @@ fn end_to_end_against_a_real_coordinator() {
     assert!(out.contains("e2e"), "{out}");
     assert!(!out.contains(secret), "secrets are never listed");
 
+    // Rack agents: an enrollment token, alone on the last line; the rack stays without an
+    // agent until one enrolls, so there is nothing to revoke (exit 4).
+    let out = c.ok(&["rack", "enroll-token", "ams1-r01", "--expires-in", "600"]);
+    assert!(out.contains("ams1-r01"), "{out}");
+    let token = out.lines().last().unwrap();
+    assert!(token.starts_with("mfe_") && !token.contains(' '), "{out}");
+    let created = c.json(&["rack", "enroll-token", "ams1-r01"]);
+    assert_eq!(created["rack"], "ams1-r01", "{created}");
+    assert!(
+        created["token"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("mfe_") && t != token),
+        "{created}"
+    );
+    let out = c.ok(&["rack", "list"]);
+    let row: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("ams1-r01 "))
+        .unwrap_or_else(|| panic!("{out}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..4], ["ams1-r01", "ams1", "none", "-"], "{out}");
+    let racks = c.json(&["rack", "list"]);
+    let r = &racks.as_array().unwrap()[0];
+    assert_eq!(r["name"], "ams1-r01", "{racks}");
+    assert_eq!(r["agent"]["rack"], "ams1-r01", "{racks}");
+    assert_eq!(r["agent"]["enrolled"], false, "{racks}");
+    let o = c.run(&["rack", "revoke", "ams1-r01"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no enrolled agent"), "{}", stderr(&o));
+
+    // Only admins create enrollment tokens: an operator is refused with exit code 3.
+    c.ok(&["user", "create", "ops", "--role", "operator"]);
+    let ops = c.json(&["token", "create", "--user", "ops"]);
+    let ops = ops["secret"].as_str().unwrap();
+    let o = c.run(&["rack", "enroll-token", "ams1-r01", "--token", ops]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(c.ok(&["rack", "list", "--token", ops]).contains("ams1-r01"));
+
+    // A project member may list racks but not agents: the agent shows as unknown.
+    c.ok(&["project", "create", "web"]);
+    c.ok(&[
+        "user",
+        "create",
+        "dev",
+        "--role",
+        "project_member",
+        "--project",
+        "web",
+    ]);
+    let dev = c.json(&["token", "create", "--user", "dev"]);
+    let dev = dev["secret"].as_str().unwrap();
+    let racks = c.json(&["rack", "list", "--token", dev]);
+    assert_eq!(racks[0]["name"], "ams1-r01", "{racks}");
+    assert_eq!(racks[0]["agent"], Value::Null, "{racks}");
+
     // Cluster status.
     let out = c.ok(&["cluster", "status"]);
     assert!(out.contains("Leader"), "{out}");
@@ -571,7 +702,7 @@ fn config_errors_and_failover() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("fra1"));
 
     // A coordinator without a leader answers 503: the next one serves the write.
-    let (_leaderless, url) = start_leaderless(&c);
+    let (_second, url, raft_addr, fleet_addr) = start_leaderless(&c);
     let o = c
         .metalctl()
         .args(["--config", &failover, "--coordinator", &url])
@@ -598,5 +729,28 @@ fn config_errors_and_failover() {
     assert!(
         e.contains("https://127.0.0.1:1:") && e.contains("https://127.0.0.1:2:"),
         "{e}"
+    );
+
+    // The second coordinator becomes a learner, with the fleet address agents will be given.
+    let changed = c.json(&[
+        "cluster",
+        "add-learner",
+        "2",
+        &raft_addr,
+        &url,
+        "--fleet-addr",
+        &fleet_addr,
+    ]);
+    let member = changed["cluster"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == 2)
+        .unwrap_or_else(|| panic!("{changed}"));
+    assert_eq!(member["kind"], "learner", "{changed}");
+    assert_eq!(
+        member["addr"]["fleet_addr"],
+        fleet_addr.as_str(),
+        "{changed}"
     );
 }

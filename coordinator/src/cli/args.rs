@@ -95,6 +95,9 @@ pub enum ClusterCmd {
         raft_addr: String,
         /// Its API URL, https://host:port.
         api_url: String,
+        /// Its fleet (rack agent) endpoint, host:port, handed to agents when they enroll.
+        #[arg(long, value_name = "HOST:PORT")]
+        fleet_addr: Option<String>,
     },
     /// Make a learner a voter.
     Promote {
@@ -131,7 +134,7 @@ pub enum SiteCmd {
 /// `metalctl rack ...`
 #[derive(Debug, Subcommand)]
 pub enum RackCmd {
-    /// List racks.
+    /// List racks with their agents' enrollment and link state.
     List,
     /// Create or replace a rack.
     Create {
@@ -146,6 +149,19 @@ pub enum RackCmd {
     },
     /// Delete a rack (refused while inventory or nodes reference it).
     Delete {
+        /// Rack name.
+        name: String,
+    },
+    /// Create a single-use token for `rack-agent enroll`; printed once, alone on the last line.
+    EnrollToken {
+        /// Rack name.
+        name: String,
+        /// Lifetime in seconds (default: the coordinator's, one hour).
+        #[arg(long, value_name = "SECS")]
+        expires_in: Option<u64>,
+    },
+    /// Revoke the rack's agent: its certificate stops working; it must enroll again.
+    Revoke {
         /// Rack name.
         name: String,
     },
@@ -428,5 +444,38 @@ mod tests {
         assert!(
             Cli::try_parse_from(["metalctl", "user", "create", "u", "--role", "read_only"]).is_ok()
         );
+    }
+
+    #[test]
+    fn rack_agent_and_learner_commands() {
+        let c = Cli::try_parse_from([
+            "metalctl",
+            "rack",
+            "enroll-token",
+            "r1",
+            "--expires-in",
+            "60",
+        ])
+        .unwrap();
+        let Command::Rack(RackCmd::EnrollToken { name, expires_in }) = c.command else {
+            panic!("parsed as {:?}", c.command)
+        };
+        assert_eq!((name.as_str(), expires_in), ("r1", Some(60)));
+        assert!(Cli::try_parse_from(["metalctl", "rack", "revoke", "r1"]).is_ok());
+        let c = Cli::try_parse_from([
+            "metalctl",
+            "cluster",
+            "add-learner",
+            "2",
+            "127.0.0.1:17452",
+            "https://127.0.0.1:17442",
+            "--fleet-addr",
+            "127.0.0.1:17462",
+        ])
+        .unwrap();
+        let Command::Cluster(ClusterCmd::AddLearner { fleet_addr, .. }) = c.command else {
+            panic!("parsed as {:?}", c.command)
+        };
+        assert_eq!(fleet_addr.as_deref(), Some("127.0.0.1:17462"));
     }
 }

@@ -1,5 +1,8 @@
 //! Runs one parsed `metalctl` command: maps it to API calls and renders the answer.
 
+use std::collections::HashMap;
+
+use protocol::error::ErrorCode;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
@@ -11,6 +14,7 @@ use super::args::{
 use super::config::{default_config_path, ClientConfig, Overrides};
 use super::error::CliError;
 use super::render::{render, View};
+use crate::app::now_ms;
 
 /// Loads the configuration, runs the command, and returns what to print on stdout.
 pub async fn run(cli: &Cli) -> Result<String, CliError> {
@@ -29,8 +33,8 @@ pub async fn run(cli: &Cli) -> Result<String, CliError> {
 enum Answer {
     /// A JSON document of a known shape.
     Doc(View, Value),
-    /// An object was deleted (the API answers 204 with no body).
-    Deleted(String),
+    /// A write the API answers with 204 and no body: the sentence saying what was done.
+    Done(String),
 }
 
 fn format(answer: Answer, output: Output) -> Result<String, CliError> {
@@ -42,13 +46,14 @@ fn format(answer: Answer, output: Output) -> Result<String, CliError> {
                 message: e.to_string(),
             }),
         (Answer::Doc(view, v), Output::Table) => {
-            render(view, &v).map_err(|e| CliError::BadResponse {
+            // The one clock read: rendering itself is pure (relative times need a "now").
+            render(view, &v, now_ms()).map_err(|e| CliError::BadResponse {
                 url: "-".into(),
                 message: format!("answer does not have the expected shape ({view:?}): {e}"),
             })
         }
-        (Answer::Deleted(_), Output::Json) => Ok(String::new()),
-        (Answer::Deleted(what), Output::Table) => Ok(format!("Deleted {what}.\n")),
+        (Answer::Done(_), Output::Json) => Ok(String::new()),
+        (Answer::Done(what), Output::Table) => Ok(format!("{what}\n")),
     }
 }
 
@@ -89,7 +94,7 @@ async fn write(
 
 async fn delete(api: &Api, path: &[&str], what: String) -> Result<Answer, CliError> {
     api.call(Method::DELETE, path, &[], Body::Empty).await?;
-    Ok(Answer::Deleted(what))
+    Ok(Answer::Done(format!("Deleted {what}.")))
 }
 
 async fn list(
@@ -116,8 +121,12 @@ async fn cluster(api: &Api, c: &ClusterCmd) -> Result<Answer, CliError> {
             id,
             raft_addr,
             api_url,
+            fleet_addr,
         } => {
-            let body = json!({"id": id, "raft_addr": raft_addr, "api_url": api_url});
+            let mut body = json!({"id": id, "raft_addr": raft_addr, "api_url": api_url});
+            if let Some(f) = fleet_addr {
+                body["fleet_addr"] = json!(f);
+            }
             write(
                 api,
                 Method::POST,
@@ -178,7 +187,16 @@ async fn site(api: &Api, c: &SiteCmd) -> Result<Answer, CliError> {
 
 async fn rack(api: &Api, c: &RackCmd) -> Result<Answer, CliError> {
     match c {
-        RackCmd::List => list(api, &["v1", "racks"], &[], View::Racks).await,
+        RackCmd::List => {
+            let racks = api.get(&["v1", "racks"], &[]).await?;
+            let agents = match api.get(&["v1", "agents"], &[]).await {
+                // Project members may list racks but not the fleet's agents: their racks
+                // show with the agent unknown (`null`, `-`), not as "none".
+                Err(CliError::Api(b)) if b.code == ErrorCode::Forbidden => Value::Array(vec![]),
+                other => other?,
+            };
+            Ok(Answer::Doc(View::RackAgents, join_agents(racks, &agents)?))
+        }
         RackCmd::Create {
             name,
             site,
@@ -198,7 +216,67 @@ async fn rack(api: &Api, c: &RackCmd) -> Result<Answer, CliError> {
         RackCmd::Delete { name } => {
             delete(api, &["v1", "racks", name], format!("rack {name}")).await
         }
+        RackCmd::EnrollToken { name, expires_in } => {
+            let mut body = Map::new();
+            if let Some(s) = expires_in {
+                body.insert("expires_in_secs".into(), json!(s));
+            }
+            write(
+                api,
+                Method::POST,
+                &["v1", "racks", name, "enroll-tokens"],
+                &[],
+                Body::Json(Value::Object(body)),
+                View::CreatedEnrollToken,
+            )
+            .await
+        }
+        RackCmd::Revoke { name } => {
+            api.call(
+                Method::DELETE,
+                &["v1", "racks", name, "agent"],
+                &[],
+                Body::Empty,
+            )
+            .await?;
+            Ok(Answer::Done(format!(
+                "Revoked the agent of rack {name}; it must enroll again with a new token."
+            )))
+        }
     }
+}
+
+/// `GET /v1/racks` joined with `GET /v1/agents`: each rack object as the API gave it, plus
+/// `"agent"`, its [`crate::api::AgentView`], or `null` when the agent list (a separate read)
+/// did not mention the rack or the caller may not list agents.
+pub fn join_agents(racks: Value, agents: &Value) -> Result<Value, CliError> {
+    let shape = |what: &str| CliError::BadResponse {
+        url: "-".into(),
+        message: format!("{what} is not a list of objects"),
+    };
+    let Value::Array(racks) = racks else {
+        return Err(shape("the rack list"));
+    };
+    let agents: HashMap<&str, &Value> = agents
+        .as_array()
+        .ok_or_else(|| shape("the agent list"))?
+        .iter()
+        .filter_map(|a| Some((a.get("rack")?.as_str()?, a)))
+        .collect();
+    racks
+        .into_iter()
+        .map(|mut r| {
+            let obj = r.as_object_mut().ok_or_else(|| shape("the rack list"))?;
+            let agent = obj
+                .get("name")
+                .and_then(Value::as_str)
+                .and_then(|n| agents.get(n))
+                .map_or(Value::Null, |a| (*a).clone());
+            obj.insert("agent".into(), agent);
+            Ok(r)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Value::Array)
 }
 
 async fn inventory(api: &Api, c: &InventoryCmd) -> Result<Answer, CliError> {
@@ -426,4 +504,31 @@ async fn audit(api: &Api, a: &AuditArgs) -> Result<Answer, CliError> {
         ("actor", a.actor.clone()),
     ]);
     list(api, &["v1", "audit"], &q, View::Audit).await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn racks_join_their_agents() {
+        let racks = json!([
+            {"name": "r1", "site": "s", "description": "", "future_field": 1},
+            {"name": "r2", "site": "s", "description": ""}
+        ]);
+        let agents = json!([{"rack": "r1", "enrolled": true}, {"rack": "gone"}]);
+        let joined = join_agents(racks, &agents).unwrap();
+        assert_eq!(
+            joined,
+            json!([
+                {"name": "r1", "site": "s", "description": "", "future_field": 1,
+                 "agent": {"rack": "r1", "enrolled": true}},
+                {"name": "r2", "site": "s", "description": "", "agent": null}
+            ])
+        );
+        assert!(join_agents(json!({"name": "r1"}), &agents).is_err());
+        assert!(join_agents(json!(["r1"]), &agents).is_err());
+        assert!(join_agents(json!([]), &json!({})).is_err());
+    }
 }

@@ -1,15 +1,17 @@
-//! Human renderings of the API's answers: one function per shape, all pure (value in, text
-//! out) so golden files pin them down. Rows are sorted by their natural key so output is
-//! stable whatever order the server used; the audit trail keeps the API's newest-first order.
+//! Human renderings of the API's answers: one function per shape, all pure (value and "now"
+//! in, text out) so golden files pin them down. Rows are sorted by their natural key so output
+//! is stable whatever order the server used; the audit trail keeps the API's newest-first
+//! order.
 
 use protocol::domain::{
-    AuditEntry, BootTarget, InventoryView, Node, Project, Rack, Site, TokenView, User,
+    AuditEntry, BootTarget, InventoryView, Node, Project, Rack, Site, TokenView, UnixMillis, User,
 };
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::Deserialize;
 use serde_json::Value;
 
-use super::table::{fields, list, opt, time_ms, Table, NONE};
-use crate::api::{CreatedToken, MembershipChanged};
+use super::table::{fields, list, opt, relative_ms, time_ms, Table, NONE};
+use crate::api::{AgentView, CreatedEnrollToken, CreatedToken, MembershipChanged};
 use crate::app::ClusterStatus;
 use crate::state::ImportReport;
 
@@ -24,10 +26,12 @@ pub enum View {
     Sites,
     /// One site.
     Site,
-    /// A list of racks.
-    Racks,
+    /// Racks joined with their agents (`rack list`; see [`RackRow`]).
+    RackAgents,
     /// One rack.
     Rack,
+    /// A new enrollment token, with its secret.
+    CreatedEnrollToken,
     /// A list of inventory records.
     Inventory,
     /// One inventory record.
@@ -54,8 +58,9 @@ pub enum View {
     Audit,
 }
 
-/// Renders an API answer of shape `view` as text; fails when the JSON is not that shape.
-pub fn render(view: View, v: &Value) -> Result<String, serde_json::Error> {
+/// Renders an API answer of shape `view` as text, with relative times counted back from
+/// `now` (ms since the epoch); fails when the JSON is not that shape.
+pub fn render(view: View, v: &Value, now: UnixMillis) -> Result<String, serde_json::Error> {
     fn de<T: DeserializeOwned>(v: &Value) -> Result<T, serde_json::Error> {
         T::deserialize(v)
     }
@@ -64,8 +69,9 @@ pub fn render(view: View, v: &Value) -> Result<String, serde_json::Error> {
         View::Membership => membership(&de(v)?),
         View::Sites => sites(&de::<Vec<Site>>(v)?),
         View::Site => sites(&[de(v)?]),
-        View::Racks => racks(&de::<Vec<Rack>>(v)?),
+        View::RackAgents => rack_agents(&RackRow::list(v)?, now),
         View::Rack => racks(&[de(v)?]),
+        View::CreatedEnrollToken => created_enroll_token(&de(v)?, now),
         View::Inventory => inventory(&de::<Vec<InventoryView>>(v)?),
         View::InventoryRecord => inventory_record(&de(v)?),
         View::ImportReport => import_report(&de(v)?),
@@ -158,6 +164,107 @@ pub fn racks(items: &[Rack]) -> String {
         ]);
     }
     t.render()
+}
+
+/// A rack with its agent, as `rack list` joins `GET /v1/racks` and `GET /v1/agents`: the
+/// rack's fields plus `"agent"` (an [`AgentView`], or `null` when unknown: see
+/// [`super::commands::join_agents`]).
+#[derive(Debug)]
+pub struct RackRow {
+    /// The rack.
+    pub rack: Rack,
+    /// Its agent as the agent list reported it.
+    pub agent: Option<AgentView>,
+}
+
+impl RackRow {
+    /// Parses the joined list (split by hand: [`Rack`] refuses unknown fields, so it cannot
+    /// be flattened into a struct that also holds `agent`).
+    pub fn list(v: &Value) -> Result<Vec<RackRow>, serde_json::Error> {
+        Vec::<Value>::deserialize(v)?
+            .into_iter()
+            .map(|item| {
+                let Value::Object(mut obj) = item else {
+                    return Err(serde_json::Error::custom("expected a rack object"));
+                };
+                let agent = obj.remove("agent").unwrap_or(Value::Null);
+                Ok(RackRow {
+                    agent: Option::<AgentView>::deserialize(agent)?,
+                    rack: Rack::deserialize(Value::Object(obj))?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The agent column: what the coordinators hold for the rack's agent.
+fn agent_state(a: &AgentView) -> &'static str {
+    if a.revoked {
+        "revoked"
+    } else if a.enrolled {
+        "enrolled"
+    } else {
+        "none"
+    }
+}
+
+/// Racks by name with their agents. Link figures (revision, lag, outbox) show as [`NONE`]
+/// until the agent has reported once: the API fills them with 0, which would read as "in
+/// sync, nothing queued" for an agent that never spoke. A rack without an agent entry
+/// (created between the two reads, or a caller not allowed to list agents) shows [`NONE`]
+/// throughout rather than a guess.
+pub fn rack_agents(items: &[RackRow], now: UnixMillis) -> String {
+    let mut v: Vec<_> = items.iter().collect();
+    v.sort_by(|a, b| a.rack.name.cmp(&b.rack.name));
+    let mut t = Table::new([
+        "RACK",
+        "SITE",
+        "AGENT",
+        "LINK",
+        "COORDINATOR",
+        "LAST SEEN",
+        "REVISION",
+        "LAG",
+        "OUTBOX",
+        "VERSION",
+        "EVENTS",
+    ]);
+    for r in v {
+        let mut row = vec![r.rack.name.to_string(), r.rack.site.to_string()];
+        match &r.agent {
+            None => row.extend(std::iter::repeat_n(NONE.to_owned(), 9)),
+            Some(a) => {
+                let reported = a.last_seen.is_some();
+                let link = |x: String| if reported { x } else { NONE.to_owned() };
+                row.extend([
+                    agent_state(a).to_owned(),
+                    link(if a.connected { "up" } else { "down" }.to_owned()),
+                    opt(a.coordinator),
+                    a.last_seen
+                        .map_or_else(|| NONE.to_owned(), |t| relative_ms(t, now)),
+                    link(a.revision.to_string()),
+                    link(a.revision_lag.to_string()),
+                    link(a.outbox_depth.to_string()),
+                    opt(a.version.as_deref()),
+                    a.last_seq.to_string(),
+                ]);
+            }
+        }
+        t.row(row);
+    }
+    t.render()
+}
+
+/// A new enrollment token: rack and expiry, then the secret alone on the last line (easy to
+/// capture with `tail -n1`).
+pub fn created_enroll_token(c: &CreatedEnrollToken, now: UnixMillis) -> String {
+    format!(
+        "Enrollment token for rack {} (single use, expires {}, {}):\n{}\n",
+        c.rack,
+        time_ms(c.expires_at),
+        relative_ms(c.expires_at, now),
+        c.token
+    )
 }
 
 fn bmc_short(r: &InventoryView) -> String {

@@ -134,6 +134,27 @@ pub fn time_ms(ms: i64) -> String {
     )
 }
 
+/// `then` relative to `now` (both ms since the epoch) in one truncated unit: `3s ago`,
+/// `5m ago`, `in 59m`. Each unit is used up to twice the next one (`90s`, `100m`, `36h`) so
+/// short spans keep their precision. Callers pass `now` so renderings stay pure.
+pub fn relative_ms(then: i64, now: i64) -> String {
+    let diff = now.saturating_sub(then);
+    let secs = diff.unsigned_abs() / 1000;
+    let span = match secs {
+        0..120 => format!("{secs}s"),
+        120..7_200 => format!("{}m", secs / 60),
+        7_200..172_800 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    };
+    // A time ahead of ours (an expiry, clock skew) says so instead of clamping to "now";
+    // under a second either way is "0s ago".
+    if diff < 0 && secs > 0 {
+        format!("in {span}")
+    } else {
+        format!("{span} ago")
+    }
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -173,6 +194,24 @@ mod tests {
         assert_eq!(time_ms(1_700_000_000_123), "2023-11-14T22:13:20Z");
         assert_eq!(time_ms(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(time_ms(-1000), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn relative_times() {
+        let now = 1_700_000_000_000;
+        assert_eq!(relative_ms(now, now), "0s ago");
+        assert_eq!(relative_ms(now - 3_400, now), "3s ago");
+        assert_eq!(relative_ms(now - 119_999, now), "119s ago");
+        assert_eq!(relative_ms(now - 120_000, now), "2m ago");
+        assert_eq!(relative_ms(now - 7_199_999, now), "119m ago");
+        assert_eq!(relative_ms(now - 7_200_000, now), "2h ago");
+        assert_eq!(relative_ms(now - 3 * 86_400_000, now), "3d ago");
+        assert_eq!(relative_ms(now + 3_600_000, now), "in 60m");
+        assert_eq!(relative_ms(now + 500, now), "0s ago");
+        assert_eq!(
+            relative_ms(i64::MIN, i64::MAX),
+            format!("{}d ago", i64::MAX / 86_400_000)
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! A connection is accepted only from a certificate whose identity is `rack:<name>` and whose
 //! fingerprint is the one recorded for that rack's enrolled, unrevoked agent; the agent may
 //! only speak for that rack. Every coordinator serves agents, followers included: writes
-//! (events, link reports, renewals) go through [`App::write`], which forwards to the leader.
+//! (events, link reports, renewals) go through [`crate::app::App::write`], which forwards to the leader.
 
 pub mod desired;
 #[cfg(test)]

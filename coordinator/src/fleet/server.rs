@@ -79,8 +79,17 @@ pub async fn serve(endpoint: quinn::Endpoint, app: Arc<App>) {
 }
 
 async fn write(send: &mut quinn::SendStream, msg: &CoordinatorMsg) -> Result<(), SessionError> {
-    let bytes =
-        frame::encode(version::CURRENT, msg).map_err(|e| SessionError::Link(e.to_string()))?;
+    write_v(send, version::MIN_SUPPORTED, msg).await
+}
+
+/// Writes a frame encoded in protocol version `v` (the negotiated one once known; before
+/// that, the oldest we speak, so any peer can read a refusal).
+async fn write_v(
+    send: &mut quinn::SendStream,
+    v: version::ProtocolVersion,
+    msg: &CoordinatorMsg,
+) -> Result<(), SessionError> {
+    let bytes = frame::encode(v, msg).map_err(|e| SessionError::Link(e.to_string()))?;
     send.write_all(&bytes)
         .await
         .map_err(|e| SessionError::Link(e.to_string()))
@@ -158,6 +167,8 @@ struct Session<'a> {
     acked: Revision,
     outbox_depth: u64,
     version: String,
+    /// Negotiated protocol version: every frame after Welcome is encoded in it.
+    v: version::ProtocolVersion,
 }
 
 impl Session<'_> {
@@ -198,7 +209,7 @@ impl Session<'_> {
                 to,
             )
         };
-        write(send, &msg).await?;
+        write_v(send, self.v, &msg).await?;
         self.sent = to;
         Ok(())
     }
@@ -283,6 +294,11 @@ async fn session(
     }
     let negotiated = version::negotiate(version::SUPPORTED, &offer)
         .map_err(|e| refused(ErrorCode::UnsupportedVersion, e.to_string()))?;
+    // Catch up with the leader before computing the agent's view: a lagging follower must
+    // not send an agent older state than it already holds.
+    app.read_barrier()
+        .await
+        .map_err(|e| refused(ErrorCode::Unavailable, e.to_string()))?;
     let coordinators = {
         let m = app.raft.metrics().borrow().clone();
         let mut v: Vec<String> = m
@@ -311,6 +327,7 @@ async fn session(
         acked: last_revision,
         outbox_depth,
         version: offer.software.clone(),
+        v: negotiated,
     };
     let current = s.current();
     // Deltas when the agent's revision is one we can compute changes from; a snapshot on
@@ -326,7 +343,7 @@ async fn session(
             desired::snapshot(&g.state, &app.key, rack, rev)
         };
         s.sent = snap.revision;
-        write(send, &CoordinatorMsg::Snapshot(snap)).await?;
+        write_v(send, negotiated, &CoordinatorMsg::Snapshot(snap)).await?;
     } else {
         s.sent = last_revision;
         s.push(send, true).await?;
@@ -354,7 +371,7 @@ async fn session(
                             Ok(l) => l,
                             Err(e) => break Err(e),
                         };
-                        if let Err(e) = write(send, &CoordinatorMsg::AckEvents(last)).await {
+                        if let Err(e) = write_v(send, negotiated, &CoordinatorMsg::AckEvents(last)).await {
                             break Err(e);
                         }
                     }
@@ -365,7 +382,7 @@ async fn session(
                     AgentMsg::RenewCertificate { csr_pem } => {
                         match renew(app, rack, fp, &csr_pem).await {
                             Ok(cert_pem) => {
-                                if let Err(e) = write(send, &CoordinatorMsg::Certificate { cert_pem }).await {
+                                if let Err(e) = write_v(send, negotiated, &CoordinatorMsg::Certificate { cert_pem }).await {
                                     break Err(e);
                                 }
                             }
@@ -373,7 +390,7 @@ async fn session(
                         }
                     }
                     AgentMsg::Ping(n) => {
-                        if let Err(e) = write(send, &CoordinatorMsg::Pong(n)).await {
+                        if let Err(e) = write_v(send, negotiated, &CoordinatorMsg::Pong(n)).await {
                             break Err(e);
                         }
                     }

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 command -v cargo >/dev/null || { echo "cargo is required (rustup toolchain)"; exit 1; }
-cargo build --release -p coordinator --bins
+cargo build --release -p coordinator -p rack-agent --bins
 BIN="$ROOT/target/release"
 DEMO=${DEMO_DIR:-$ROOT/lab-state/demo}
 rm -rf "$DEMO"; mkdir -p "$DEMO"
@@ -57,8 +57,39 @@ echo "== fleet"
 "$BIN/metalctl" node create DEMO-0001 --rack ams1-r01 --mac 52:54:00:a0:00:01 >/dev/null
 "$BIN/metalctl" node list
 "$BIN/metalctl" audit --limit 10
+echo "== rack agents"
+for rack in ams1-r01 ams1-r02; do
+  mkdir -p "$DEMO/agent-$rack"
+  cat > "$DEMO/agent-$rack.toml" <<TOML
+rack = "$rack"
+data_dir = "agent-$rack"
+coordinators = ["127.0.0.1:17461", "127.0.0.1:17462", "127.0.0.1:17463"]
+TOML
+  ENROLL=$("$BIN/metalctl" rack enroll-token "$rack" | tail -n 1)
+  METALFLEET_ENROLL_TOKEN=$ENROLL "$BIN/rack-agent" enroll --config "$DEMO/agent-$rack.toml" \
+    --api https://127.0.0.1:17441 --ca-cert "$CA"
+  "$BIN/rack-agent" run --config "$DEMO/agent-$rack.toml" >"$DEMO/agent-$rack.log" 2>&1 & PIDS+=($!)
+  # Wait for its control socket: a one-shot command run before that would open the store
+  # itself and keep the starting agent out.
+  for _ in $(seq 100); do
+    "$BIN/rack-agent" status --config "$DEMO/agent-$rack.toml" -o json 2>/dev/null | grep -q '"agent_running": true' && break
+    sleep 0.1
+  done
+done
+"$BIN/rack-agent" emit --config "$DEMO/agent-ams1-r02.toml" --checkins 3 --serial-prefix DEMO-R02 >/dev/null
+for _ in $(seq 150); do
+  [ "$("$BIN/metalctl" rack list -o json | grep -c '"connected": true')" -ge 2 ] && break
+  sleep 0.1
+done
+for _ in $(seq 100); do
+  [ "$("$BIN/metalctl" node list --rack ams1-r02 -o json | grep -c '"serial"')" -ge 3 ] && break
+  sleep 0.1
+done
+"$BIN/metalctl" rack list
+"$BIN/metalctl" node list
+"$BIN/rack-agent" status --config "$DEMO/agent-ams1-r01.toml"
 echo
-echo "Metalfleet is running: 3 coordinators, API at https://127.0.0.1:17441 (CA $CA)."
+echo "Metalfleet is running: 3 coordinators, API at https://127.0.0.1:17441 (CA $CA), 2 rack agents."
 echo "Try: METALCTL_CONFIG=$DEMO/metalctl.toml $BIN/metalctl node list"
 echo "Ctrl-C stops everything."
 if [ -n "${DEMO_EXIT:-}" ]; then exit 0; fi

@@ -169,6 +169,8 @@ struct Session<'a> {
     version: String,
     /// Negotiated protocol version: every frame after Welcome is encoded in it.
     v: version::ProtocolVersion,
+    /// Whether the link report after the initial sync was made.
+    synced: bool,
 }
 
 impl Session<'_> {
@@ -328,6 +330,7 @@ async fn session(
         outbox_depth,
         version: offer.software.clone(),
         v: negotiated,
+        synced: false,
     };
     let current = s.current();
     // Deltas when the agent's revision is one we can compute changes from; a snapshot on
@@ -365,7 +368,15 @@ async fn session(
                     Some(Ok(m)) => m,
                 };
                 match msg {
-                    AgentMsg::AckRevision(r) => s.acked = r,
+                    AgentMsg::AckRevision(r) => {
+                        let first = s.acked < r && !s.synced;
+                        s.acked = r;
+                        if first {
+                            // Show the agent in sync right away, not at the next tick.
+                            s.synced = true;
+                            s.report(true).await;
+                        }
+                    }
                     AgentMsg::Events(events) => {
                         let last = match s.apply_events(events).await {
                             Ok(l) => l,

@@ -723,6 +723,11 @@ pub struct AgentLink {
     pub outbox_depth: u64,
     /// Agent software version.
     pub version: String,
+    /// Id of the link session this report comes from, increasing with the session's start
+    /// time: reports of an older session (a link not yet timed out after the agent
+    /// reconnected) must not overwrite a newer session's record.
+    #[serde(default)]
+    pub session: u64,
 }
 
 /// A one-time rack enrollment token as stored (hash only).

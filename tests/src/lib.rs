@@ -5,18 +5,18 @@
 //! # Finding the binary
 //!
 //! Cargo builds a crate's binaries only for that crate's own integration tests, so this crate
-//! locates `coordinator` itself:
+//! locates `coordinator` and `rack-agent` itself:
 //!
-//! * `METALFLEET_BIN_DIR` set: the binary is taken from that directory as is (nothing is
-//!   built; use this to test a release build or a binary built elsewhere).
-//! * otherwise: `<target dir>/<profile>/coordinator`, where the target dir is
+//! * `METALFLEET_BIN_DIR` set: the binaries are taken from that directory as is (nothing is
+//!   built; use this to test a release build or binaries built elsewhere).
+//! * otherwise: `<target dir>/<profile>/{coordinator,rack-agent}`, where the target dir is
 //!   `CARGO_TARGET_DIR` or `<workspace>/target` and the profile is `debug` (`release` when
 //!   the tests were built without debug assertions). The harness runs
-//!   `cargo build -p coordinator --bins` once per test process (guarded by a `OnceLock`)
-//!   before the first cluster starts — always, not only when the file is missing, because
-//!   `cargo test -p metalfleet-tests` rebuilds the coordinator *library* but never its
-//!   binary, and a stale binary would silently test old code. When nothing changed the build
-//!   is a no-op that takes well under a second.
+//!   `cargo build -p coordinator -p rack-agent --bins` once per test process (guarded by a
+//!   `OnceLock`) before the first process starts — always, not only when a file is missing,
+//!   because `cargo test -p metalfleet-tests` rebuilds the *libraries* but never their
+//!   binaries, and a stale binary would silently test old code. When nothing changed the
+//!   build is a no-op that takes well under a second.
 //!
 //! # Processes
 //!
@@ -51,6 +51,8 @@ use coordinator::app::ClusterStatus;
 use rand::Rng as _;
 pub use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+
+pub mod agent;
 
 /// How long a process may take to come up (API answering `/healthz`).
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -90,14 +92,14 @@ where
     .await
 }
 
-/// Directory holding the `coordinator` binary (see the module docs).
+/// Directory holding the `coordinator` and `rack-agent` binaries (see the module docs).
 pub fn bin_dir() -> Result<PathBuf> {
     static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     if let Some(dir) = std::env::var_os("METALFLEET_BIN_DIR") {
         return Ok(PathBuf::from(dir));
     }
     BUILT
-        .get_or_init(|| build_coordinator().map_err(|e| format!("{e:#}")))
+        .get_or_init(|| build_binaries().map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(|e| anyhow!(e))
 }
@@ -109,7 +111,10 @@ fn workspace_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn build_coordinator() -> Result<PathBuf> {
+/// Packages whose binaries the harness runs.
+const BIN_PACKAGES: [&str; 2] = ["coordinator", "rack-agent"];
+
+fn build_binaries() -> Result<PathBuf> {
     let workspace = workspace_dir();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -117,32 +122,34 @@ fn build_coordinator() -> Result<PathBuf> {
     let release = !cfg!(debug_assertions);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(&workspace)
-        .args(["build", "--quiet", "-p", "coordinator", "--bins"]);
+    cmd.current_dir(&workspace).args(["build", "--quiet"]);
+    for package in BIN_PACKAGES {
+        cmd.args(["-p", package]);
+    }
+    cmd.arg("--bins");
     if release {
         cmd.arg("--release");
     }
     let started = Instant::now();
     let out = cmd
         .output()
-        .context("running cargo build -p coordinator --bins")?;
+        .context("running cargo build -p coordinator -p rack-agent --bins")?;
     eprintln!(
-        "metalfleet-tests: cargo build -p coordinator --bins took {:.1?}",
+        "metalfleet-tests: cargo build -p coordinator -p rack-agent --bins took {:.1?}",
         started.elapsed()
     );
     if !out.status.success() {
         bail!(
-            "cargo build -p coordinator --bins failed ({}):\n{}",
+            "cargo build -p coordinator -p rack-agent --bins failed ({}):\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
     }
     let dir = target.join(if release { "release" } else { "debug" });
-    if !dir.join("coordinator").is_file() {
-        bail!(
-            "{} missing after cargo build",
-            dir.join("coordinator").display()
-        );
+    for bin in BIN_PACKAGES {
+        if !dir.join(bin).is_file() {
+            bail!("{} missing after cargo build", dir.join(bin).display());
+        }
     }
     Ok(dir)
 }
@@ -722,7 +729,7 @@ impl Drop for Cluster {
 }
 
 /// Opens `log` for appending twice (stdout, stderr) after writing a header line.
-fn log_files(log: &Path, what: &str) -> Result<(std::fs::File, std::fs::File)> {
+pub(crate) fn log_files(log: &Path, what: &str) -> Result<(std::fs::File, std::fs::File)> {
     use std::io::Write as _;
     let mut f = OpenOptions::new()
         .create(true)

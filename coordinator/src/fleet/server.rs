@@ -171,6 +171,8 @@ struct Session<'a> {
     v: version::ProtocolVersion,
     /// Whether the link report after the initial sync was made.
     synced: bool,
+    /// Id of this session, ordered by start time (see [`AgentLink::session`]).
+    session: u64,
 }
 
 impl Session<'_> {
@@ -224,6 +226,7 @@ impl Session<'_> {
             revision: self.acked,
             outbox_depth: self.outbox_depth,
             version: self.version.clone(),
+            session: self.session,
         };
         let cmd = Command::AgentLinkReport {
             rack: self.rack.clone(),
@@ -331,6 +334,9 @@ async fn session(
         version: offer.software.clone(),
         v: negotiated,
         synced: false,
+        // Start time in the high bits, so a newer session's id is larger; random low bits
+        // tell apart sessions started in the same millisecond.
+        session: ((now_ms().max(0) as u64) << 16) | u64::from(rand::random::<u16>()),
     };
     let current = s.current();
     // Deltas when the agent's revision is one we can compute changes from; a snapshot on

@@ -98,6 +98,7 @@ fn link_report(rack_name: &str) -> Command {
             revision: 41,
             outbox_depth: 3,
             version: "0.1.0".to_owned(),
+            session: 1,
         },
     }
 }

@@ -838,6 +838,9 @@ impl State {
                 };
                 agent.revoked = true;
                 agent.cert_fingerprint = None;
+                if let Some(l) = agent.link.as_mut() {
+                    l.connected = false;
+                }
                 agent.previous_fingerprint = None;
                 self.dirty.insert(Key::Agent(rack.clone()));
                 Ok(Applied::Done)
@@ -865,8 +868,20 @@ impl State {
                 Ok(Applied::Events { last_seq: last })
             }
             Command::AgentLinkReport { rack, link } => {
-                let agent = self.live_agent(rack)?;
-                agent.link = Some(link.clone());
+                // A revoked agent's closing report is still accepted: it records the link down.
+                let agent = match self.agents.get_mut(rack) {
+                    Some(a) if a.revoked && !link.connected => a,
+                    _ => self.live_agent(rack)?,
+                };
+                // Session ids grow with the session's start time: a report from a session
+                // older than the recorded one (a lingering link not yet timed out) is stale.
+                let stale = agent
+                    .link
+                    .as_ref()
+                    .is_some_and(|l| link.session < l.session);
+                if !stale {
+                    agent.link = Some(link.clone());
+                }
                 self.dirty.insert(Key::Agent(rack.clone()));
                 Ok(Applied::Done)
             }

@@ -50,10 +50,10 @@ const CA_VALIDITY_DAYS: i64 = 3650;
 const NOT_BEFORE_BACKDATE: time::Duration = time::Duration::hours(1);
 
 /// QUIC keep-alive: well inside the idle timeout so a quiet but healthy link is never reaped.
-const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(2);
+const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(1);
 
 /// QUIC idle timeout in milliseconds: how quickly a dead peer is noticed.
-const QUIC_IDLE_TIMEOUT_MS: u32 = 10_000;
+const QUIC_IDLE_TIMEOUT_MS: u32 = 5_000;
 
 /// Why a PKI operation failed.
 #[derive(Debug, thiserror::Error)]

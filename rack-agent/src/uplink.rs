@@ -195,7 +195,9 @@ struct Memory {
 /// cancellation, closing any open connection.
 pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut memory = Memory::default();
-    let mut turn = 0usize;
+    // Start at a random place in the list: when a coordinator dies, its agents then spread
+    // over the survivors instead of all stampeding the next one in order.
+    let mut turn: usize = rand::random::<u16>().into();
     let mut failures = 0u64;
     while !cancel.is_cancelled() {
         let endpoints = candidates(&shared).await;

@@ -580,6 +580,20 @@ impl App {
         }
     }
 
+    /// Fleet endpoints (`host:port`) of every member that advertises one, sorted.
+    pub fn fleet_endpoints(&self) -> Vec<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let mut v: Vec<String> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(_, a)| a.fleet_addr.clone())
+            .filter(|a| !a.is_empty())
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The cluster CA, opened with the sealing key.
     pub fn cluster_ca(&self) -> Result<CertAuthority, AppError> {
         let info = self

@@ -15,7 +15,7 @@ use super::auth::{Need, Principal};
 use super::error::{ApiError, ApiResult};
 use super::extract::{IdempotencyKey, JsonBody, Query};
 use super::fleet::{parse_path, path_matches};
-use super::{commit, read, Consistency};
+use super::{commit, commit_fresh, read, Consistency};
 use crate::app::{now_ms, App};
 use crate::secrets;
 use crate::state::Command;
@@ -194,19 +194,14 @@ pub(super) async fn create_token(
         created_at: now_ms(),
         expires_at,
     };
-    // Not `commit`: a replayed answer must be refused, because the secret generated for
-    // this attempt is not the one whose hash the first attempt stored.
-    let request_id = key.0.map(|k| format!("{}/{k}", p.user));
-    let resp = app
-        .write(p.actor(), request_id, Command::CreateToken(record.clone()))
-        .await?;
-    resp.result.map_err(ApiError::from)?;
-    if resp.replayed {
-        return Err(ApiError::new(
-            ErrorCode::Conflict,
-            "a token was already created with this Idempotency-Key; its secret was shown once and cannot be shown again: list your tokens, delete the unused one and create a new one",
-        ));
-    }
+    commit_fresh(
+        &app,
+        &p,
+        key,
+        Command::CreateToken(record.clone()),
+        "a token was already created with this Idempotency-Key; its secret was shown once and cannot be shown again: list your tokens, delete the unused one and create a new one",
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedToken {

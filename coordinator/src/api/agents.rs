@@ -16,7 +16,7 @@ use super::auth::{Need, Principal};
 use super::error::{ApiError, ApiResult};
 use super::extract::{IdempotencyKey, JsonBody, Query};
 use super::fleet::parse_path;
-use super::{commit, read, Consistency};
+use super::{commit, commit_fresh, read, Consistency};
 use crate::app::{now_ms, App};
 use crate::fleet::AGENT_CERT_DAYS;
 use crate::secrets;
@@ -83,17 +83,14 @@ pub(super) async fn create_enroll_token(
         expires_at,
         used_at: None,
     };
-    let request_id = key.0.map(|k| format!("{}/{k}", p.user));
-    let resp = app
-        .write(p.actor(), request_id, Command::CreateEnrollToken(token))
-        .await?;
-    resp.result.map_err(ApiError::from)?;
-    if resp.replayed {
-        return Err(ApiError::new(
-            ErrorCode::Conflict,
-            "an enrollment token was already created with this Idempotency-Key; create another",
-        ));
-    }
+    commit_fresh(
+        &app,
+        &p,
+        key,
+        Command::CreateEnrollToken(token),
+        "an enrollment token was already created with this Idempotency-Key; create another",
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedEnrollToken {
@@ -191,18 +188,7 @@ pub(super) async fn enroll(
             ))
         }
     };
-    let fleet_endpoints = {
-        let m = app.raft.metrics().borrow().clone();
-        let mut v: Vec<String> = m
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(_, a)| a.fleet_addr.clone())
-            .filter(|a| !a.is_empty())
-            .collect();
-        v.sort();
-        v
-    };
+    let fleet_endpoints = app.fleet_endpoints();
     Ok(Json(EnrollResponse {
         cert_pem,
         ca_cert_pem: ca.cert_pem().to_owned(),

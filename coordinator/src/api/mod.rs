@@ -76,6 +76,25 @@ pub(crate) async fn commit(
     resp.result.map_err(ApiError::from)
 }
 
+/// Commits a command that mints a secret shown only once. A replayed answer (same
+/// Idempotency-Key) is refused with `what_to_do`: the secret generated for this attempt is not
+/// the one whose hash the first attempt stored.
+pub(crate) async fn commit_fresh(
+    app: &App,
+    p: &Principal,
+    key: IdempotencyKey,
+    cmd: Command,
+    what_to_do: &str,
+) -> ApiResult<Applied> {
+    let request_id = key.0.map(|k| format!("{}/{k}", p.user));
+    let resp = app.write(p.actor(), request_id, cmd).await?;
+    let applied = resp.result.map_err(ApiError::from)?;
+    if resp.replayed {
+        return Err(ApiError::new(ErrorCode::Conflict, what_to_do));
+    }
+    Ok(applied)
+}
+
 struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {

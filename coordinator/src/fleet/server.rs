@@ -304,20 +304,10 @@ async fn session(
     app.read_barrier()
         .await
         .map_err(|e| refused(ErrorCode::Unavailable, e.to_string()))?;
-    let coordinators = {
-        let m = app.raft.metrics().borrow().clone();
-        let mut v: Vec<String> = m
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(_, a)| a.fleet_addr.clone())
-            .filter(|a| !a.is_empty())
-            .collect();
-        v.sort();
-        v
-    };
-    write(
+    let coordinators = app.fleet_endpoints();
+    write_v(
         send,
+        negotiated,
         &CoordinatorMsg::Welcome {
             version: negotiated,
             coordinator: app.config.id,

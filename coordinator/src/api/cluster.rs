@@ -70,6 +70,22 @@ async fn note(
     .map(|_| ())
 }
 
+/// Records a membership change in the audit trail and answers with the cluster afterwards.
+async fn changed(
+    app: &App,
+    p: &Principal,
+    key: IdempotencyKey,
+    action: &str,
+    target: String,
+    revision: u64,
+) -> ApiResult<Json<MembershipChanged>> {
+    note(app, p, key, action, target).await?;
+    Ok(Json(MembershipChanged {
+        revision,
+        cluster: app.status(),
+    }))
+}
+
 #[utoipa::path(post, path = "/v1/cluster/learners", tag = "cluster", request_body = NewLearner,
     responses((status = 200, body = MembershipChanged)), security(("bearer" = [])))]
 pub(super) async fn add_learner(
@@ -110,18 +126,15 @@ pub(super) async fn add_learner(
         fleet_addr: l.fleet_addr.unwrap_or_default(),
     };
     let revision = app.add_learner(l.id, addr.clone()).await?;
-    note(
+    changed(
         &app,
         &p,
         key,
         "cluster.add_learner",
         format!("{} {addr}", l.id),
-    )
-    .await?;
-    Ok(Json(MembershipChanged {
         revision,
-        cluster: app.status(),
-    }))
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/v1/cluster/voters/{id}", tag = "cluster",
@@ -135,11 +148,7 @@ pub(super) async fn promote(
     p.require(Need::Admin)?;
     let id: u64 = parse_path("id", &id)?;
     let revision = app.promote(id).await?;
-    note(&app, &p, key, "cluster.promote", id.to_string()).await?;
-    Ok(Json(MembershipChanged {
-        revision,
-        cluster: app.status(),
-    }))
+    changed(&app, &p, key, "cluster.promote", id.to_string(), revision).await
 }
 
 #[utoipa::path(delete, path = "/v1/cluster/members/{id}", tag = "cluster",
@@ -156,11 +165,7 @@ pub(super) async fn remove(
         return Err(ApiError::not_found(format!("coordinator {id}")));
     }
     let revision = app.remove(id).await?;
-    note(&app, &p, key, "cluster.remove", id.to_string()).await?;
-    Ok(Json(MembershipChanged {
-        revision,
-        cluster: app.status(),
-    }))
+    changed(&app, &p, key, "cluster.remove", id.to_string(), revision).await
 }
 
 #[utoipa::path(post, path = "/v1/cluster/join", tag = "cluster", request_body = JoinRequest,

@@ -131,6 +131,16 @@ pub enum EventKind {
         /// The line.
         message: String,
     },
+    /// A boot decision the agent's boot services made for a client (DHCP boot file, iPXE
+    /// script, TFTP/HTTP fetch of a boot file).
+    Boot {
+        /// Client MAC.
+        mac: Mac,
+        /// The node it belongs to, if the MAC is known.
+        node: Option<NodeId>,
+        /// What was decided, e.g. `dhcp: uefi-x64 pxe -> tftp ipxe.efi`.
+        detail: String,
+    },
 }
 
 /// Frames an agent sends.

@@ -985,6 +985,8 @@ impl State {
             // Step logs are kept by the agent and streamed separately (workflow issue); the
             // event still counts as applied so the outbox drains.
             EventKind::Log { .. } => {}
+            // Boot decisions feed the node timeline (workflow issue); counted as applied.
+            EventKind::Boot { .. } => {}
         }
     }
 

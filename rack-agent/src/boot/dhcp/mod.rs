@@ -1,0 +1,1 @@
+//! Boot service: dhcp (being built).

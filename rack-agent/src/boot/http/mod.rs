@@ -1,0 +1,1 @@
+//! Boot service: http (being built).

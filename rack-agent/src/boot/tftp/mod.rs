@@ -1,0 +1,1 @@
+//! Boot service: tftp (being built).

@@ -9,6 +9,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::boot::dhcp::{DhcpError, DhcpServer};
+use crate::boot::http::{HttpError, HttpServer};
+use crate::boot::tftp::{TftpError, TftpServer};
+use crate::boot::{BootBackend, BootDeps, EventSink, MetricsRegistry};
 use crate::config::Config;
 use crate::control::{self, ControlError};
 use crate::status::LinkStats;
@@ -27,6 +31,15 @@ pub enum AgentError {
     /// The control socket could not be set up.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// The DHCP server could not start.
+    #[error(transparent)]
+    Dhcp(#[from] DhcpError),
+    /// The TFTP server could not start.
+    #[error(transparent)]
+    Tftp(#[from] TftpError),
+    /// The HTTP boot server could not start.
+    #[error(transparent)]
+    Http(#[from] HttpError),
 }
 
 /// State shared by the agent's tasks.
@@ -66,6 +79,37 @@ impl Shared {
     }
 }
 
+/// The boot services read the rack's desired state from the store.
+impl BootBackend for Shared {
+    fn node_by_mac(&self, mac: &protocol::Mac) -> Option<protocol::fleet::RackNode> {
+        match self.store.node_by_mac(mac) {
+            Ok(node) => node,
+            Err(e) => {
+                tracing::error!(%mac, error = %crate::error_chain(&e), "store lookup failed");
+                None
+            }
+        }
+    }
+}
+
+/// Boot-service observations go to the durable outbox.
+impl EventSink for Shared {
+    fn emit(&self, kinds: Vec<protocol::fleet::EventKind>) {
+        if kinds.is_empty() {
+            return;
+        }
+        let n = kinds.len();
+        match self.store.enqueue_many(kinds) {
+            Ok(_) => self.outbox_ready.notify_one(),
+            Err(e) => tracing::error!(
+                events = n,
+                error = %crate::error_chain(&e),
+                "could not queue boot-service events; they are lost"
+            ),
+        }
+    }
+}
+
 /// A running agent. Dropping it cancels its tasks; [`Agent::shutdown`] also waits for them.
 #[derive(Debug)]
 pub struct Agent {
@@ -93,10 +137,45 @@ impl Agent {
         let listener = control::bind(&socket)?;
         let shared = Arc::new(Shared::new(config, store));
         let cancel = CancellationToken::new();
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(control::serve(listener, shared.clone(), cancel.clone())),
             tokio::spawn(uplink::run(shared.clone(), cancel.clone())),
         ];
+        // Boot services bind before anything is spawned for them, so a port in use or a
+        // missing interface fails the start instead of leaving a half-running agent.
+        let mut deps = BootDeps {
+            backend: shared.clone(),
+            events: shared.clone(),
+            data_dir: shared.config.data_dir.clone(),
+            ipxe_dir: shared.config.ipxe_dir.clone(),
+            metrics: MetricsRegistry::default(),
+            generated: None,
+            http_port: None,
+        };
+        let started = Self::bind_boot_services(&shared.config, &mut deps).await;
+        let (http, tftp, dhcp) = match started {
+            Ok(servers) => servers,
+            Err(e) => {
+                cancel.cancel();
+                for t in tasks {
+                    t.abort();
+                }
+                control::remove_socket(&socket);
+                return Err(e);
+            }
+        };
+        if let Some(s) = http {
+            tracing::info!(addr = %s.local_addr(), "HTTP boot server listening");
+            tasks.push(tokio::spawn(s.run(cancel.clone())));
+        }
+        if let Some(s) = tftp {
+            tracing::info!(addr = %s.local_addr(), "TFTP server listening");
+            tasks.push(tokio::spawn(s.run(cancel.clone())));
+        }
+        if let Some(s) = dhcp {
+            tracing::info!(addr = %s.local_addr(), "DHCP server listening");
+            tasks.push(tokio::spawn(s.run(cancel.clone())));
+        }
         tracing::info!(
             rack = %shared.config.rack,
             socket = %socket.display(),
@@ -109,6 +188,27 @@ impl Agent {
             tasks,
             socket,
         })
+    }
+
+    /// Binds HTTP first (DHCP hands out its port), then TFTP, then DHCP.
+    async fn bind_boot_services(
+        config: &Config,
+        deps: &mut BootDeps,
+    ) -> Result<(Option<HttpServer>, Option<TftpServer>, Option<DhcpServer>), AgentError> {
+        let http = match &config.http {
+            Some(c) => Some(HttpServer::bind(c, deps).await?),
+            None => None,
+        };
+        deps.http_port = http.as_ref().map(|s| s.local_addr().port());
+        let tftp = match &config.tftp {
+            Some(c) => Some(TftpServer::bind(c, deps).await?),
+            None => None,
+        };
+        let dhcp = match &config.dhcp {
+            Some(c) => Some(DhcpServer::bind(c, deps).await?),
+            None => None,
+        };
+        Ok((http, tftp, dhcp))
     }
 
     /// The state shared by the agent's tasks (store, link counters).

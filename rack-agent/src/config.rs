@@ -6,6 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use protocol::RackId;
+
+use crate::boot::dhcp::DhcpConfig;
+use crate::boot::http::HttpConfig;
+use crate::boot::tftp::TftpConfig;
+use crate::boot::{ConfigCtx, KeyError, DEFAULT_IPXE_DIR};
 use serde::Deserialize;
 
 /// Default period of the `Status` report and `Ping` on the fleet link.
@@ -54,6 +59,10 @@ struct RawConfig {
     control_socket: Option<PathBuf>,
     status_interval_secs: Option<u64>,
     renew_before_fraction: Option<f64>,
+    ipxe_dir: Option<PathBuf>,
+    dhcp: Option<toml::Table>,
+    tftp: Option<toml::Table>,
+    http: Option<toml::Table>,
 }
 
 /// Validated agent configuration.
@@ -76,6 +85,15 @@ pub struct Config {
     pub status_interval: Duration,
     /// Renew the certificate once less than this fraction of its lifetime is left; in (0, 1).
     pub renew_before_fraction: f64,
+    /// Directory of the iPXE binaries served over TFTP and HTTP (default: Debian's
+    /// `/usr/lib/ipxe`).
+    pub ipxe_dir: PathBuf,
+    /// The DHCP server (`[dhcp]`); off when absent.
+    pub dhcp: Option<DhcpConfig>,
+    /// The TFTP server (`[tftp]`); off when absent.
+    pub tftp: Option<TftpConfig>,
+    /// The HTTP boot server (`[http]`): iPXE scripts, assets, node API; off when absent.
+    pub http: Option<HttpConfig>,
 }
 
 impl Config {
@@ -173,6 +191,38 @@ impl Config {
             ));
         }
 
+        let ctx = ConfigCtx {
+            base_dir: base.to_owned(),
+            data_dir: data_dir.clone(),
+        };
+        let section = |name: &str, e: KeyError| {
+            let key = if e.key == "-" {
+                name.to_owned()
+            } else {
+                format!("{name}.{}", e.key)
+            };
+            err(&key, e.message)
+        };
+        let dhcp = raw
+            .dhcp
+            .map(|t| DhcpConfig::from_toml(t, &ctx))
+            .transpose()
+            .map_err(|e| section("dhcp", e))?;
+        let tftp = raw
+            .tftp
+            .map(|t| TftpConfig::from_toml(t, &ctx))
+            .transpose()
+            .map_err(|e| section("tftp", e))?;
+        let http = raw
+            .http
+            .map(|t| HttpConfig::from_toml(t, &ctx))
+            .transpose()
+            .map_err(|e| section("http", e))?;
+        let ipxe_dir = raw
+            .ipxe_dir
+            .map(resolve)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_IPXE_DIR));
+
         Ok(Config {
             file: path.to_owned(),
             rack,
@@ -182,6 +232,10 @@ impl Config {
             control_socket,
             status_interval: Duration::from_secs(status_interval_secs),
             renew_before_fraction,
+            ipxe_dir,
+            dhcp,
+            tftp,
+            http,
         })
     }
 

@@ -11,7 +11,11 @@
 //! into the rack's desired state ([`BootBackend`]) and a sink for events ([`EventSink`]).
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, PoisonError};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::de::DeserializeOwned;
 
 use protocol::fleet::{EventKind, RackNode};
 use protocol::Mac;
@@ -62,6 +66,155 @@ pub trait EventSink: Send + Sync + 'static {
 pub trait Metrics: Send + Sync + 'static {
     /// Appends this source's metrics, with `# HELP`/`# TYPE` lines, to `out`.
     fn render_prometheus(&self, out: &mut String);
+}
+
+/// Default directory of the iPXE binaries (Debian's `ipxe` package).
+pub const DEFAULT_IPXE_DIR: &str = "/usr/lib/ipxe";
+
+/// Context for validating a boot service's config section: relative paths resolve against
+/// `base_dir` (the config file's directory); per-service state defaults under `data_dir`.
+#[derive(Debug, Clone)]
+pub struct ConfigCtx {
+    /// Directory of the config file.
+    pub base_dir: PathBuf,
+    /// The agent's data directory.
+    pub data_dir: PathBuf,
+}
+
+impl ConfigCtx {
+    /// `p` made absolute against the config file's directory.
+    pub fn resolve(&self, p: PathBuf) -> PathBuf {
+        if p.is_relative() {
+            self.base_dir.join(p)
+        } else {
+            p
+        }
+    }
+}
+
+/// A config problem inside one service's section: `key` is the dotted path within the section
+/// (the caller prefixes the section name), `-` for the whole section.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct KeyError {
+    /// Dotted key within the section.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl KeyError {
+    /// A problem with `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> KeyError {
+        KeyError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Deserializes a config section into its raw shape, naming the key at fault (including an
+/// unknown key, with `deny_unknown_fields`).
+pub fn from_table<T: DeserializeOwned>(table: toml::Table) -> Result<T, KeyError> {
+    serde_path_to_error::deserialize::<_, T>(toml::Value::Table(table)).map_err(|e| {
+        let key = match e.path().to_string().as_str() {
+            "." | "" => "-".to_owned(),
+            p => p.to_owned(),
+        };
+        KeyError::new(key, e.inner().to_string().trim().replace('\n', " "))
+    })
+}
+
+/// Files a TFTP server generates per request instead of reading from its root (per-node
+/// scripts). Consulted before the root directory.
+pub trait GeneratedFiles: Send + Sync + 'static {
+    /// The content for `path` (already normalised: relative, no `..`) requested by `peer`,
+    /// or `None` to fall through to the root directory.
+    fn generate(&self, path: &str, peer: SocketAddr) -> Option<Vec<u8>>;
+}
+
+/// Metrics sources of the running boot services; the HTTP server renders them at `/metrics`.
+#[derive(Clone, Default)]
+pub struct MetricsRegistry {
+    sources: Arc<Mutex<Vec<Arc<dyn Metrics>>>>,
+}
+
+impl std::fmt::Debug for MetricsRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsRegistry").finish_non_exhaustive()
+    }
+}
+
+impl MetricsRegistry {
+    /// Adds a source.
+    pub fn register(&self, source: Arc<dyn Metrics>) {
+        self.sources
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(source);
+    }
+
+    /// Every source, rendered in registration order.
+    pub fn render(&self) -> String {
+        let sources = self
+            .sources
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut out = String::new();
+        for s in sources {
+            s.render_prometheus(&mut out);
+        }
+        out
+    }
+}
+
+/// What every boot service gets from the agent when it binds.
+#[derive(Clone)]
+pub struct BootDeps {
+    /// Lookup into the rack's desired state.
+    pub backend: Arc<dyn BootBackend>,
+    /// Where observations go.
+    pub events: Arc<dyn EventSink>,
+    /// The agent's data directory (leases, caches live below it).
+    pub data_dir: PathBuf,
+    /// Directory holding the iPXE binaries ([`IPXE_BIOS`], [`IPXE_EFI_X64`], ...).
+    pub ipxe_dir: PathBuf,
+    /// Registry the service adds its counters to.
+    pub metrics: MetricsRegistry,
+    /// Per-request generated files for TFTP, if any.
+    pub generated: Option<Arc<dyn GeneratedFiles>>,
+    /// Port of the agent's HTTP boot server (for URLs handed to iPXE), once bound.
+    pub http_port: Option<u16>,
+}
+
+impl std::fmt::Debug for BootDeps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootDeps")
+            .field("data_dir", &self.data_dir)
+            .field("ipxe_dir", &self.ipxe_dir)
+            .field("http_port", &self.http_port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BootDeps {
+    /// Dependencies backed by in-memory fixtures (tests).
+    pub fn fixture(
+        backend: Arc<FixtureBackend>,
+        events: Arc<CollectingSink>,
+        data_dir: PathBuf,
+    ) -> BootDeps {
+        BootDeps {
+            backend,
+            events,
+            data_dir,
+            ipxe_dir: PathBuf::from(DEFAULT_IPXE_DIR),
+            metrics: MetricsRegistry::default(),
+            generated: None,
+            http_port: None,
+        }
+    }
 }
 
 /// Test fixture: a fixed set of nodes keyed by MAC.

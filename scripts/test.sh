@@ -5,10 +5,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# command:package pairs; the boot-service tests use real clients, relays, QEMU and iPXE.
 need_apt=()
-command -v curl >/dev/null || need_apt+=(curl)
-command -v gcc >/dev/null || need_apt+=(build-essential)
-command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+for pair in curl:curl gcc:build-essential pkg-config:pkg-config \
+  dhclient:isc-dhcp-client udhcpc:udhcpc dhcrelay:isc-dhcp-relay rdisc6:ndisc6 \
+  tftp:tftp-hpa atftp:atftp cpio:cpio bc:bc qemu-system-x86_64:qemu-system-x86 \
+  ip:iproute2 file:file; do
+  command -v "${pair%%:*}" >/dev/null || need_apt+=("${pair##*:}")
+done
+[ -x /bin/busybox ] && file -L /bin/busybox | grep -q static || need_apt+=(busybox-static)
+[ -f /usr/lib/ipxe/undionly.kpxe ] || need_apt+=(ipxe)
+[ -f /usr/lib/ipxe/qemu/efi-virtio.rom ] || need_apt+=(ipxe-qemu)
+[ -f /usr/share/ovmf/OVMF.fd ] || need_apt+=(ovmf)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

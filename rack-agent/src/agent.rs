@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::boot::dhcp::{DhcpError, DhcpServer};
 use crate::boot::http::{HttpError, HttpServer};
 use crate::boot::tftp::{TftpError, TftpServer};
+use crate::boot::tftp_scripts::TftpScripts;
 use crate::boot::{BootBackend, BootDeps, EventSink, MetricsRegistry};
 use crate::config::Config;
 use crate::control::{self, ControlError};
@@ -200,6 +201,21 @@ impl Agent {
             None => None,
         };
         deps.http_port = http.as_ref().map(|s| s.local_addr().port());
+        if let (Some(http_config), Some(port)) = (&config.http, deps.http_port) {
+            let subnets = config
+                .dhcp
+                .iter()
+                .flat_map(|d| &d.subnets)
+                .map(|s| (s.network, std::net::IpAddr::V4(s.server_ip)))
+                .collect();
+            deps.generated = Some(Arc::new(TftpScripts::new(
+                deps.backend.clone(),
+                deps.events.clone(),
+                http_config.clone(),
+                port,
+                subnets,
+            )));
+        }
         let tftp = match &config.tftp {
             Some(c) => Some(TftpServer::bind(c, deps).await?),
             None => None,

@@ -23,6 +23,7 @@ use protocol::Mac;
 pub mod dhcp;
 pub mod http;
 pub mod tftp;
+pub mod tftp_scripts;
 
 /// HTTP path prefix of per-node iPXE scripts: `GET /ipxe/<mac>` (any MAC notation).
 /// `GET /ipxe/boot.ipxe?mac=<mac>` is the same script for iPXE builds that chain with

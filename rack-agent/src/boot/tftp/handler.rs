@@ -347,8 +347,8 @@ pub enum Decision {
 
 fn refused(r: Refusal) -> Decision {
     let (code, message) = match r {
-        Refusal::NotRegular => (ErrorCode::AccessViolation, "not a regular file"),
-        _ => (ErrorCode::AccessViolation, "access violation"),
+        Refusal::NotRegular => (ErrorCode::AccessViolation, "Not a regular file"),
+        _ => (ErrorCode::AccessViolation, "Access violation"),
     };
     Decision::Refuse {
         code,
@@ -369,7 +369,7 @@ pub fn decide(req: &Request, peer: SocketAddr, lookup: &dyn Lookup, limits: &Lim
         Err(LookupError::NotFound) => {
             return Decision::Refuse {
                 code: ErrorCode::FileNotFound,
-                message: "file not found".to_owned(),
+                message: "File not found".to_owned(),
                 outcome: Outcome::NotFound,
                 refusal: None,
             }

@@ -253,6 +253,12 @@ impl NodeActions {
         }
     }
 
+    /// Long polls and result waiters currently waiting on the queue (lets tests and status
+    /// pages see that a node-agent is listening).
+    pub fn waiters(&self) -> usize {
+        self.inner.changed.receiver_count()
+    }
+
     /// A receiver that changes whenever the queue does (push or result).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.changed.subscribe()

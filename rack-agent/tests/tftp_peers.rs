@@ -522,3 +522,22 @@ async fn bind_fails_on_a_port_in_use() {
     assert!(err.to_string().contains(&s.addr.to_string()), "{err}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_in_flight_transfers_within_a_bound() {
+    // A long timeout: the transfer neither retransmits nor gives up on its own meanwhile.
+    let s = start(|c| c.timeout = Duration::from_secs(60), None).await;
+    s.put("f", &pattern(5000, 15));
+    let mut c = Raw::new(s.addr).await;
+    c.rrq("f", &[]).await;
+    assert!(matches!(c.recv().await, Got::Data(1, _)));
+    poll("transfer active", || s.metric("tftp_active_transfers") == 1).await;
+    let deps = s.deps.clone();
+    // `stop` waits for `run` to return: after the grace period the transfer is stopped.
+    s.stop().await;
+    let got = c.recv().await;
+    assert_eq!(got, Got::Error(0, "server shutting down".into()));
+    let m = deps.metrics.render();
+    assert_eq!(metric(&m, "tftp_requests_total{result=\"shutdown\"}"), 1);
+    assert_eq!(metric(&m, "tftp_active_transfers"), 0);
+}

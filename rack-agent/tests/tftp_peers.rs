@@ -57,6 +57,7 @@ async fn atftp_negotiates_blksize_tsize_windowsize() {
         "kernel",
         &out,
         &["blksize 1428", "tsize 0", "windowsize 16"],
+        &[],
     )
     .await;
     assert!(o.status.success(), "{}", text(&o));
@@ -67,6 +68,34 @@ async fn atftp_negotiates_blksize_tsize_windowsize() {
     assert!(
         blocks >= min && blocks < min + 200,
         "blocks sent {blocks}, expected ~{min}"
+    );
+    // atftp's trace shows the OACK it got and one ACK per 16-block window.
+    let out = s.out("kernel-traced");
+    let o = atftp_get(
+        s.addr,
+        "kernel",
+        &out,
+        &["blksize 1428", "tsize 0", "windowsize 16"],
+        &["--trace"],
+    )
+    .await;
+    let trace = text(&o);
+    assert_eq!(sha256_file(&out), sha256(&data));
+    let oack = trace
+        .lines()
+        .find(|l| l.starts_with("received OACK"))
+        .unwrap_or_else(|| panic!("no OACK in trace: {trace}"));
+    for want in [
+        format!("tsize: {}", data.len()),
+        "windowsize: 16".into(),
+        "blksize: 1428".into(),
+    ] {
+        assert!(oack.contains(&want), "{oack} lacks {want}");
+    }
+    let acks = trace.lines().filter(|l| l.starts_with("sent ACK")).count() as u64;
+    assert!(
+        acks <= min / 16 + 5,
+        "{acks} ACKs for {min} blocks: windowsize 16 not in effect"
     );
     s.stop().await;
 }
@@ -155,7 +184,7 @@ async fn traversal_and_symlink_escape_are_refused() {
     }
     // atftp and curl report the refusal too.
     let out = s.out("a");
-    let o = atftp_get(s.addr, "escape", &out, &["blksize 1428"]).await;
+    let o = atftp_get(s.addr, "escape", &out, &["blksize 1428"], &[]).await;
     assert!(!o.status.success());
     assert!(text(&o).contains("Access violation"), "{}", text(&o));
     let o = curl_get(s.addr, "escape", &s.out("c"), 1428).await;
@@ -218,7 +247,14 @@ async fn generated_files_and_ipxe_binaries_are_served() {
     assert!(o.status.success());
     assert_eq!(sha256_file(&out), sha256(&undi), "{}", text(&o));
     let out = s.out("snponly.efi");
-    let o = atftp_get(s.addr, "snponly.efi", &out, &["blksize 1428", "tsize 0"]).await;
+    let o = atftp_get(
+        s.addr,
+        "snponly.efi",
+        &out,
+        &["blksize 1428", "tsize 0"],
+        &[],
+    )
+    .await;
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::read(&out).unwrap(), b"snp");
     // Other files in the iPXE directory are not reachable.
@@ -245,7 +281,7 @@ async fn fifty_concurrent_fetches_succeed() {
             let o = if i % 2 == 0 {
                 curl_get(addr, &name, &out, 1428).await
             } else {
-                atftp_get(addr, &name, &out, &["blksize 1428", "tsize 0"]).await
+                atftp_get(addr, &name, &out, &["blksize 1428", "tsize 0"], &[]).await
             };
             assert!(o.status.success(), "fetch {i}: {}", text(&o));
             assert_eq!(sha256_file(&out), sha256(&data), "fetch {i}");

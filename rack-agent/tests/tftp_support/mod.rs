@@ -194,10 +194,17 @@ pub async fn tftp_hpa_get(addr: SocketAddr, mode: &str, file: &str, out: &Path) 
     .await
 }
 
-/// atftp with `--option` arguments (e.g. `"blksize 1428"`).
-pub async fn atftp_get(addr: SocketAddr, file: &str, out: &Path, options: &[&str]) -> Output {
+/// atftp with `--option` arguments (e.g. `"blksize 1428"`) and `extra` flags (`--trace`).
+pub async fn atftp_get(
+    addr: SocketAddr,
+    file: &str,
+    out: &Path,
+    options: &[&str],
+    extra: &[&str],
+) -> Output {
     need("atftp", "atftp");
     let mut cmd = tokio::process::Command::new("atftp");
+    cmd.args(extra);
     for o in options {
         cmd.args(["--option", o]);
     }

@@ -171,7 +171,7 @@ pub fn handle(
         node,
         src,
     };
-    match (subnet.mode, arrival) {
+    let mut outcome = match (subnet.mode, arrival) {
         (Mode::Proxy, Arrival::Pxe(_)) | (Mode::Authoritative, Arrival::Pxe(_)) => {
             c.pxe_port_request(mtype)
         }
@@ -184,7 +184,12 @@ pub fn handle(
             MessageType::Inform => c.inform(),
             _ => Outcome::drop(Drop::NotServed),
         },
+    };
+    // An OS DHCP client is not network-booting: no boot decision to report.
+    if pxe::classify(msg.opts()) == ClientKind::Plain {
+        outcome.boot = None;
     }
+    outcome
 }
 
 struct Client<'a> {
@@ -854,7 +859,8 @@ mod tests {
             subnet(Some("a"), "10.10.0.0/24", false, Mode::Authoritative),
             subnet(Some("b"), "10.20.0.0/24", true, Mode::Authoritative),
         ]);
-        let d = msg(STRANGER, MessageType::Discover);
+        let mut d = msg(STRANGER, MessageType::Discover);
+        d.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
         assert_eq!(
             t.run(&d, Arrival::Interface(0), None, NOW).dropped,
             Some(Drop::UnknownClient)

@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
+use std::time::Duration;
 
 use protocol::fleet::EventKind;
 use protocol::Mac;
@@ -25,6 +26,10 @@ const RECORD_VERSION: u8 = 1;
 
 /// Most lease writes one transaction commits (bounds the latency of the first ACK in it).
 const MAX_BATCH: usize = 4096;
+
+/// How long the writer waits for more lease writes before committing a batch. Adds at most
+/// this much to an ACK's latency; divides the commit cost among everything that arrived.
+const COMMIT_LINGER: Duration = Duration::from_millis(2);
 
 /// Lease writes (with their replies) waiting for the writer before new ones are refused.
 pub const WRITE_QUEUE: usize = 16384;
@@ -368,6 +373,11 @@ fn writer_loop(
     let mut batch: Vec<WriteJob> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
         batch.push(first);
+        // Linger briefly so one commit (one fsync) carries many leases: the commit, not the
+        // packet handling, is what a lease costs.
+        // Sleeping (rather than waiting on the channel) means senders do not wake this
+        // thread once per job: one wake-up per batch.
+        std::thread::sleep(COMMIT_LINGER);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(j) => batch.push(j),

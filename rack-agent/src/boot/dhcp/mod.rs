@@ -18,6 +18,7 @@ pub mod stats;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -196,25 +197,28 @@ impl DhcpServer {
         for (i, s) in config.subnets.iter().enumerate() {
             let Some(ifname) = &s.interface else { continue };
             let sock = listener::bind_udp(port, Some(ifname)).map_err(bind_err(ifname, port))?;
-            listeners.push(Arc::new(
-                Listener::new(sock, Arrival::Interface(i), format!("{ifname}:{port}"))
-                    .map_err(bind_err(ifname, port))?,
-            ));
+            listeners.push(Arc::new(Listener::new(
+                sock,
+                Arrival::Interface(i),
+                format!("{ifname}:{port}"),
+            )));
             if s.mode == Mode::Proxy {
                 let pp = config.pxe_port;
                 let sock = listener::bind_udp(pp, Some(ifname)).map_err(bind_err(ifname, pp))?;
-                listeners.push(Arc::new(
-                    Listener::new(sock, Arrival::Pxe(Some(i)), format!("{ifname}:{pp}"))
-                        .map_err(bind_err(ifname, pp))?,
-                ));
+                listeners.push(Arc::new(Listener::new(
+                    sock,
+                    Arrival::Pxe(Some(i)),
+                    format!("{ifname}:{pp}"),
+                )));
             }
         }
         if config.subnets.iter().any(|s| s.interface.is_none()) {
             let sock = listener::bind_udp(port, None).map_err(bind_err("*", port))?;
-            listeners.push(Arc::new(
-                Listener::new(sock, Arrival::Unbound, format!("*:{port}"))
-                    .map_err(bind_err("*", port))?,
-            ));
+            listeners.push(Arc::new(Listener::new(
+                sock,
+                Arrival::Unbound,
+                format!("*:{port}"),
+            )));
             if config
                 .subnets
                 .iter()
@@ -222,10 +226,11 @@ impl DhcpServer {
             {
                 let pp = config.pxe_port;
                 let sock = listener::bind_udp(pp, None).map_err(bind_err("*", pp))?;
-                listeners.push(Arc::new(
-                    Listener::new(sock, Arrival::Pxe(None), format!("*:{pp}"))
-                        .map_err(bind_err("*", pp))?,
-                ));
+                listeners.push(Arc::new(Listener::new(
+                    sock,
+                    Arrival::Pxe(None),
+                    format!("*:{pp}"),
+                )));
             }
         }
         let mut ra = Vec::new();
@@ -296,15 +301,37 @@ impl DhcpServer {
             writer_thread,
             addr: _,
         } = self;
-        let mut tasks = tokio::task::JoinSet::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
         for l in listeners {
-            tasks.spawn(listener::serve(shared.clone(), l, cancel.clone()));
+            let (shared, stop) = (shared.clone(), stop.clone());
+            let label = l.label.clone();
+            match std::thread::Builder::new()
+                .name("dhcp-rx".into())
+                .spawn(move || listener::serve(shared, l, stop))
+            {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    tracing::error!(socket = %label, error = %e, "could not start dhcp receive thread")
+                }
+            }
         }
+        let mut tasks = tokio::task::JoinSet::new();
         for r in ra {
             tasks.spawn(r.run(shared.stats.clone(), cancel.clone()));
         }
         tasks.spawn(housekeeping(shared.clone(), sink.clone(), cancel.clone()));
         while tasks.join_next().await.is_some() {}
+        // The receive threads notice within one receive timeout.
+        stop.store(true, Ordering::Relaxed);
+        let receivers = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        if tokio::time::timeout(WRITER_DRAIN, receivers).await.is_err() {
+            tracing::warn!("dhcp receive threads did not stop in time");
+        }
         let events = shared.events.clone();
         // Dropping the last handle on the writer's channel lets it finish and exit.
         drop(shared);
@@ -329,7 +356,9 @@ async fn housekeeping(shared: Arc<Shared>, sink: Arc<dyn EventSink>, cancel: Can
             _ = flush.tick() => {
                 let batch = shared.events.take();
                 if !batch.is_empty() {
-                    sink.emit(batch);
+                    // The agent's sink writes to disk: off the async workers, in order.
+                    let sink = sink.clone();
+                    let _ = tokio::task::spawn_blocking(move || sink.emit(batch)).await;
                 }
             }
             _ = sweep.tick() => {

@@ -86,6 +86,13 @@ fn nodes() -> Vec<RackNode> {
         ),
         node(6, BootTarget::None),
         node(
+            8,
+            BootTarget::Sanboot {
+                // The host's loopback seen from QEMU's user network; port 1 refuses at once.
+                target: "iscsi:10.0.2.2::1:1:iqn.2026-11.example:nothing".into(),
+            },
+        ),
+        node(
             7,
             BootTarget::Install {
                 kernel: "k".into(),
@@ -800,4 +807,137 @@ async fn https_serves_scripts_to_curl_with_the_ca() {
     assert!(!out.status.success());
     // Plain HTTP still works beside it.
     assert_eq!(curl(&[&h.url("/healthz")]).await.status, 200);
+}
+
+// ---------------------------------------------------------------------------------------
+// Real iPXE (QEMU, TCG, user-mode networking)
+// ---------------------------------------------------------------------------------------
+
+/// The lab's marker image (kernel + initramfs printing `METALFLEET-MARKER <cmdline>`).
+fn marker_image() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new("bash")
+        .arg(root.join("tests/lab/marker-image.sh"))
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "marker-image.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// Boots a QEMU VM (BIOS or UEFI) whose NIC ROM (iPXE) is told by QEMU's DHCP to chain our
+/// script URL; returns the first serial line containing `needle` (the marker line its kernel
+/// printed, by default).
+async fn boot_vm(h: &Harness, uefi: bool, m: Mac, dir: &Path) -> String {
+    boot_vm_until(h, uefi, m, dir, "METALFLEET-MARKER").await
+}
+
+async fn boot_vm_until(h: &Harness, uefi: bool, m: Mac, dir: &Path, needle: &str) -> String {
+    let serial = dir.join(format!(
+        "serial-{}-{}.log",
+        if uefi { "uefi" } else { "bios" },
+        m.to_string().replace(':', "")
+    ));
+    let port = h.addr.port();
+    let mut cmd = tokio::process::Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-accel", "tcg", "-m", "384", "-smp", "1", "-display", "none",
+    ])
+    .args(["-no-reboot", "-boot", "n"])
+    .arg("-serial")
+    .arg(format!("file:{}", serial.display()))
+    // 10.0.2.2 is the host's loopback as seen from QEMU's user-mode network.
+    .arg("-netdev")
+    .arg(format!(
+        "user,id=n0,ipv6=off,bootfile=http://10.0.2.2:{port}/ipxe/{}",
+        m.to_string().replace(':', "-")
+    ))
+    .arg("-device")
+    .arg(format!("virtio-net-pci,netdev=n0,mac={m}"))
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .kill_on_drop(true);
+    if uefi {
+        cmd.args(["-bios", "/usr/share/ovmf/OVMF.fd"]);
+    }
+    let mut vm = cmd.spawn().unwrap();
+    for _ in 0..1800 {
+        let log = std::fs::read(&serial).unwrap_or_default();
+        let log = String::from_utf8_lossy(&log);
+        if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+            let line = line.to_owned();
+            let _ = vm.kill().await;
+            return line;
+        }
+        if let Ok(Some(status)) = vm.try_wait() {
+            panic!("VM exited ({status}) without {needle:?}; serial:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = vm.kill().await;
+    panic!(
+        "no {needle:?} from the VM; serial:\n{}",
+        String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_ipxe_boots_discovery_and_install_scripts_bios_and_uefi() {
+    let marker = marker_image();
+    let h = Harness::start_with("", move |data| {
+        for dir in ["microkernel", "debian-13"] {
+            let d = data.join("assets").join(dir);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::copy(marker.join("vmlinuz"), d.join("vmlinuz")).unwrap();
+        }
+        std::fs::copy(
+            marker.join("initrd.img"),
+            data.join("assets/microkernel/initrd.img"),
+        )
+        .unwrap();
+        std::fs::copy(
+            marker.join("initrd.img"),
+            data.join("assets/debian-13/initrd.gz"),
+        )
+        .unwrap();
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("http://10.0.2.2:{}", h.addr.port());
+    for uefi in [false, true] {
+        // Discovery: the kernel got the configured cmdline plus agent URL and MAC (and,
+        // under UEFI, found its initrd by name, or there would be no marker).
+        let line = boot_vm(&h, uefi, mac(1), dir.path()).await;
+        assert!(
+            line.contains(&format!(
+                "initrd=initrd.img console=ttyS0 metalfleet.agent={base} metalfleet.mac={}",
+                mac(1)
+            )),
+            "uefi={uefi}: {line}"
+        );
+        // Install: asset names became URLs and the autoinstall placeholder was filled in.
+        let line = boot_vm(&h, uefi, mac(3), dir.path()).await;
+        assert!(
+            line.contains(&format!(
+                "initrd=initrd.gz auto=true priority=critical url={base}/node/v1/autoinstall/{}",
+                mac(3)
+            )),
+            "uefi={uefi}: {line}"
+        );
+    }
+    // SAN boot (UEFI iPXE prints to the serial console): the target refuses the connection
+    // and the retry loop counts its attempts.
+    let line = boot_vm_until(&h, true, mac(8), dir.path(), "attempt 2 of 3").await;
+    assert!(line.contains("sanboot failed"), "{line}");
+    let boots = h
+        .sink
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, EventKind::Boot { .. }))
+        .count();
+    assert_eq!(boots, 5);
 }

@@ -44,6 +44,10 @@ ip netns exec "$SNS" ip link set srv0 up
 ip netns exec "$CNS" ip link set cli0 up
 
 CLK=$(getconf CLK_TCK)
+# UDP datagrams the kernel dropped because a socket's receive buffer was full, in a namespace:
+# in the server namespace that is the server falling behind, in the client namespace it is
+# perfdhcp itself (it needs more than the cores it shares with the server).
+rcvbuf_errors() { ip netns exec "$1" awk '/^Udp:/ { n++; if (n == 2) print $6 }' /proc/net/snmp; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # The one process of the server namespace (started with setsid, so no wrapper remains).
@@ -141,10 +145,15 @@ run_one() { # server rate
     pid=$(server_pid)
     wait_port67
     c0=$(cpu_ticks "$pid")
+    local s0 p0 s1 p1
+    s0=$(rcvbuf_errors "$SNS")
+    p0=$(rcvbuf_errors "$CNS")
     local rflag=()
     [ "$rate" != 0 ] && rflag=(-r "$rate")
     out=$(ip netns exec "$CNS" timeout 40 perfdhcp -4 -l cli0 -p "$SECS" -R 100000 "${rflag[@]}" 10.64.0.1 2>&1) || rc=$?
     c1=$(cpu_ticks "$pid")
+    s1=$(rcvbuf_errors "$SNS")
+    p1=$(rcvbuf_errors "$CNS")
     stop_server
     echo "$out" >"$d/perfdhcp.txt"
     if [ "$rc" != 0 ] && [ "$rc" != 3 ]; then
@@ -159,9 +168,10 @@ run_one() { # server rate
     local cpu_ms=$(( (c1 - c0) * 1000 / CLK ))
     local per1k
     per1k=$(awk -v c="$cpu_ms" -v a="$acks" 'BEGIN { printf "%.1f", (a > 0) ? c * 1000 / a : 0 }')
-    results+=("$server $rate $drops $avg $max $xrate $acks $cpu_ms $per1k")
-    printf '%-6s rate %-9s drops %6s%%  avg %7s ms  max %8s ms  %6s exch/s  %7s leases  cpu %6s ms  %6s ms/1k leases\n' \
-        "$server" "$([ "$rate" = 0 ] && echo unlimited || echo "$rate/s")" "$drops" "$avg" "$max" "$xrate" "$acks" "$cpu_ms" "$per1k" >&2
+    local sdrop=$((s1 - s0)) pdrop=$((p1 - p0))
+    results+=("$server $rate $drops $avg $max $xrate $acks $cpu_ms $per1k $sdrop $pdrop")
+    printf '%-6s rate %-9s drops %6s%%  avg %7s ms  max %8s ms  %6s exch/s  %7s leases  cpu %6s ms  %6s ms/1k leases  rcvbuf drops server %s perfdhcp %s\n' \
+        "$server" "$([ "$rate" = 0 ] && echo unlimited || echo "$rate/s")" "$drops" "$avg" "$max" "$xrate" "$acks" "$cpu_ms" "$per1k" "$sdrop" "$pdrop" >&2
 }
 
 for rate in "${RATES[@]}"; do
@@ -170,19 +180,22 @@ for rate in "${RATES[@]}"; do
 done
 
 echo
-printf '%-6s %-10s %8s %9s %9s %9s %8s %12s\n' server offered drops% avg_ms max_ms exch/s leases cpu_ms/1k
+echo "uptime: $(uptime)"
+printf '%-6s %-10s %8s %9s %9s %9s %8s %12s %12s %12s\n' server offered drops% avg_ms max_ms exch/s leases cpu_ms/1k srv_rcvbuf perf_rcvbuf
 for r in "${results[@]}"; do
-    read -r s rate drops avg max xrate acks cpu per1k <<<"$r"
-    printf '%-6s %-10s %8s %9s %9s %9s %8s %12s\n' "$s" "$([ "$rate" = 0 ] && echo unlimited || echo "$rate/s")" \
-        "$drops" "$avg" "$max" "$xrate" "$acks" "$per1k"
+    read -r s rate drops avg max xrate acks cpu per1k sdrop pdrop <<<"$r"
+    printf '%-6s %-10s %8s %9s %9s %9s %8s %12s %12s %12s\n' "$s" "$([ "$rate" = 0 ] && echo unlimited || echo "$rate/s")" \
+        "$drops" "$avg" "$max" "$xrate" "$acks" "$per1k" "$sdrop" "$pdrop"
 done
+echo "(srv_rcvbuf: datagrams the server's sockets overflowed; perf_rcvbuf: replies perfdhcp"
+echo " itself could not read in time — drops there are the load generator's, not the server's)"
 echo
 echo "ratios (agent / kea):"
 for rate in "${RATES[@]}"; do
     k=$(printf '%s\n' "${results[@]}" | awk -v r="$rate" '$1 == "kea" && $2 == r')
     a=$(printf '%s\n' "${results[@]}" | awk -v r="$rate" '$1 == "agent" && $2 == r')
-    read -r _ _ kd ka km kx _ _ kc <<<"$k"
-    read -r _ _ ad aa am ax _ _ ac <<<"$a"
+    read -r _ _ kd ka km kx _ _ kc _ _ <<<"$k"
+    read -r _ _ ad aa am ax _ _ ac _ _ <<<"$a"
     awk -v r="$rate" -v kd="$kd" -v ad="$ad" -v ka="$ka" -v aa="$aa" -v kx="$kx" -v ax="$ax" -v kc="$kc" -v ac="$ac" 'BEGIN {
         label = r == 0 ? "unlimited" : r "/s"
         printf "  %-10s drops %s%% vs %s%%  avg latency x%.2f  exchanges/s x%.2f  cpu per lease x%.2f\n",

@@ -29,7 +29,7 @@ const MAX_BATCH: usize = 4096;
 
 /// How long the writer waits for more lease writes before committing a batch. Adds at most
 /// this much to an ACK's latency; divides the commit cost among everything that arrived.
-const COMMIT_LINGER: Duration = Duration::from_millis(2);
+const COMMIT_LINGER: Duration = Duration::from_millis(4);
 
 /// Lease writes (with their replies) waiting for the writer before new ones are refused.
 pub const WRITE_QUEUE: usize = 16384;

@@ -520,7 +520,8 @@ fn real_clients_get_reservations_and_boot_files() {
 }
 
 /// A client two hops away behind ISC dhcrelay is served from the relayed subnet (matched by
-/// giaddr), and the reply goes back through the relay.
+/// giaddr), and the reply goes back through the relay. The relay adds option 82 (`-a`) and
+/// drops replies whose option 82 does not match (`-D`): our echo passes through it.
 #[test]
 fn client_behind_dhcrelay_is_served_from_the_relayed_subnet() {
     let mut lab = Lab::new();
@@ -558,6 +559,8 @@ fn client_behind_dhcrelay_is_served_from_the_relayed_subnet() {
             "-d",
             "-4",
             "--no-pid",
+            "-a",
+            "-D",
             "-i",
             "down0",
             "-iu",

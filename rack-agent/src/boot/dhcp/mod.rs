@@ -6,6 +6,29 @@
 //! [`leases::LeaseTable`]; [`pxe`] decides boot files; [`leases`] persists leases in
 //! `<data_dir>/dhcp-leases.redb` with group commit (an ACK leaves only once its lease is
 //! durable); [`ra`] answers router solicitations; [`stats`] counts everything.
+//!
+//! Configuration (`[dhcp]` of the agent's TOML; every key documented on
+//! [`config::DhcpConfig`] and [`config::SubnetConfig`]):
+//!
+//! ```toml
+//! [dhcp]
+//! lease_secs = 3600              # option 51; T1/T2 = 1/2, 7/8
+//! offer_hold_secs = 30           # an OFFERed address stays reserved this long
+//! decline_quarantine_secs = 3600 # a DECLINEd address stays out of the pool this long
+//! # lease_file = "<data_dir>/dhcp-leases.redb"
+//! [[dhcp.subnets]]
+//! network = "10.10.0.0/24"       # required
+//! interface = "br0"              # omit for a relayed-only subnet (matched by giaddr)
+//! server_ip = "10.10.0.1"        # option 54, siaddr, host of HTTP boot URLs (required)
+//! router = "10.10.0.1"           # option 3 (a reservation's gateway wins)
+//! dns = ["10.10.0.1"]            # option 6
+//! domain = "rack1.example"       # option 15
+//! mtu = 1500                     # option 26
+//! pools = ["10.10.0.100-10.10.0.199"]
+//! discovery = false              # unknown MACs get a pool address + discovery boot
+//! mode = "authoritative"         # or "proxy" (ProxyDHCP: no addresses, port 4011)
+//! router_advertisements = true   # answer IPv6 RS with M=0, O=0 on `interface`
+//! ```
 
 pub mod config;
 pub mod handler;
@@ -379,5 +402,36 @@ async fn housekeeping(shared: Arc<Shared>, sink: Arc<dyn EventSink>, cancel: Can
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_events_are_deduplicated_per_mac_and_decision() {
+        let b = EventBatcher::default();
+        let stats = Stats::default();
+        let mac = Mac([2, 0, 0, 0, 0, 1]);
+        b.boot(mac, None, "discovery: ipxe -> x".into(), &stats);
+        b.boot(mac, None, "discovery: ipxe -> x".into(), &stats);
+        b.boot(mac, None, "discovery: bios pxe -> y".into(), &stats);
+        b.boot(
+            Mac([2, 0, 0, 0, 0, 2]),
+            None,
+            "discovery: ipxe -> x".into(),
+            &stats,
+        );
+        let got = b.take();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(b.take().is_empty());
+        let mut text = String::new();
+        crate::boot::Metrics::render_prometheus(&stats, &mut text);
+        assert!(
+            text.contains("metalfleet_dhcp_boot_events_deduplicated_total 1"),
+            "{text}"
+        );
+        assert!(text.contains("metalfleet_dhcp_dropped_total{reason=\"decode_error\"} 0"));
     }
 }

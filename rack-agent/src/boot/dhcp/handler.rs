@@ -355,7 +355,7 @@ impl Client<'_> {
             Some((e, gateway)) if e == ip => {
                 let previous = table.holder(ip, now).copied();
                 let expires = now + u64::from(self.config().lease_secs);
-                table.set(
+                let evicted = table.set(
                     ip,
                     Entry {
                         mac: Some(self.mac),
@@ -374,10 +374,15 @@ impl Client<'_> {
                 apply_boot(&mut reply, &boot);
                 Outcome {
                     reply: Some((reply, self.dest_for_lease())),
-                    writes: vec![LeaseWrite {
+                    writes: std::iter::once(LeaseWrite {
                         ip,
                         record: Some(bound_record(self.mac, expires)),
-                    }],
+                    })
+                    .chain(evicted.map(|old| LeaseWrite {
+                        ip: old,
+                        record: None,
+                    }))
+                    .collect(),
                     lease_event: new_binding.then_some((self.mac, ip)),
                     boot: Some((self.mac, boot)),
                     dropped: None,
@@ -742,7 +747,7 @@ mod tests {
     impl T {
         fn new(subnets: Vec<SubnetConfig>) -> T {
             let config = config(subnets);
-            let table = LeaseTable::load(&config.subnets, vec![]);
+            let (table, _) = LeaseTable::load(&config.subnets, vec![]);
             T { config, table }
         }
         fn run(

@@ -93,17 +93,24 @@ pub struct LeaseTable {
 
 impl LeaseTable {
     /// A table for `subnets` holding the persisted `records` (records outside every subnet
-    /// are ignored: the config changed).
-    pub fn load(subnets: &[SubnetConfig], records: Vec<(Ipv4Addr, LeaseRecord)>) -> LeaseTable {
+    /// are ignored: the config changed). Also returns the addresses of records superseded by
+    /// a later lease of the same client (to delete from disk).
+    pub fn load(
+        subnets: &[SubnetConfig],
+        mut records: Vec<(Ipv4Addr, LeaseRecord)>,
+    ) -> (LeaseTable, Vec<Ipv4Addr>) {
         let mut t = LeaseTable {
             cursors: vec![0; subnets.len()],
             ..LeaseTable::default()
         };
+        // Oldest first, so a client's latest lease is the one that stays.
+        records.sort_by_key(|(_, r)| r.expires);
+        let mut stale = Vec::new();
         for (ip, r) in records {
             let Some(subnet) = subnets.iter().position(|s| s.network.contains(&ip)) else {
                 continue;
             };
-            t.set(
+            stale.extend(t.set(
                 ip,
                 Entry {
                     mac: r.mac,
@@ -111,9 +118,9 @@ impl LeaseTable {
                     state: r.state,
                     expires: r.expires,
                 },
-            );
+            ));
         }
-        t
+        (t, stale)
     }
 
     /// The live (unexpired) entry for `ip`.
@@ -147,9 +154,11 @@ impl LeaseTable {
         self.reserved.insert(ip);
     }
 
-    /// Records `entry` for `ip`, dropping the client's previous address in the same subnet
-    /// (a client holds one address per subnet).
-    pub fn set(&mut self, ip: Ipv4Addr, entry: Entry) {
+    /// Records `entry` for `ip`. A client holds one address per subnet, so its previous one
+    /// is dropped — except that an offer never evicts a bound lease (the client may not take
+    /// the offer; the lease then lapses on its own). Returns the evicted address when it was a
+    /// bound (persisted) lease, so the caller deletes its record.
+    pub fn set(&mut self, ip: Ipv4Addr, entry: Entry) -> Option<Ipv4Addr> {
         if let Some(old) = self.by_ip.get(&ip).copied() {
             if let Some(m) = old.mac {
                 if self.by_mac.get(&(old.subnet, m)) == Some(&ip) {
@@ -157,14 +166,23 @@ impl LeaseTable {
                 }
             }
         }
+        let mut evicted = None;
         if let Some(m) = entry.mac {
             if let Some(prev) = self.by_mac.insert((entry.subnet, m), ip) {
-                if prev != ip && self.by_ip.get(&prev).is_some_and(|e| e.mac == Some(m)) {
-                    self.by_ip.remove(&prev);
+                let prev_entry = self.by_ip.get(&prev).copied().filter(|e| e.mac == Some(m));
+                if let (true, Some(pe)) = (prev != ip, prev_entry) {
+                    let keep = entry.state == State::Offered && pe.state == State::Bound;
+                    if !keep {
+                        self.by_ip.remove(&prev);
+                        if pe.state == State::Bound {
+                            evicted = Some(prev);
+                        }
+                    }
                 }
             }
         }
         self.by_ip.insert(ip, entry);
+        evicted
     }
 
     /// Frees `ip`.
@@ -483,7 +501,7 @@ mod tests {
     #[test]
     fn allocate_skips_held_and_reserved_and_exhausts() {
         let s = subnet();
-        let mut t = LeaseTable::load(std::slice::from_ref(&s), vec![]);
+        let (mut t, _) = LeaseTable::load(std::slice::from_ref(&s), vec![]);
         t.note_reserved(Ipv4Addr::new(10, 0, 0, 11));
         let a = t.allocate(0, &s.pools, 100).unwrap();
         assert_eq!(a, Ipv4Addr::new(10, 0, 0, 10));
@@ -518,7 +536,7 @@ mod tests {
     #[test]
     fn a_client_holds_one_address_per_subnet() {
         let s = subnet();
-        let mut t = LeaseTable::load(std::slice::from_ref(&s), vec![]);
+        let (mut t, _) = LeaseTable::load(std::slice::from_ref(&s), vec![]);
         let x = Ipv4Addr::new(10, 0, 0, 10);
         let y = Ipv4Addr::new(10, 0, 0, 12);
         t.set(
@@ -541,8 +559,33 @@ mod tests {
         );
         assert!(t.holder(x, 0).is_none());
         assert_eq!(t.by_client(0, A).unwrap().0, y);
-        t.remove(y);
+        let e = |state, expires| Entry {
+            mac: Some(A),
+            subnet: 0,
+            state,
+            expires,
+        };
+        // An offer elsewhere keeps the bound lease; binding elsewhere evicts it (to delete).
+        assert_eq!(t.set(x, e(State::Offered, 60)), None);
+        assert!(t.holder(y, 0).is_some());
+        assert_eq!(t.set(x, e(State::Bound, 70)), None);
+        let z = Ipv4Addr::new(10, 0, 0, 11);
+        assert_eq!(t.set(z, e(State::Bound, 80)), Some(x));
+        assert!(t.holder(x, 0).is_none());
+        t.remove(z);
         assert!(t.by_client(0, A).is_none());
+    }
+
+    #[test]
+    fn load_keeps_a_clients_latest_lease() {
+        let s = subnet();
+        let recs = vec![
+            (Ipv4Addr::new(10, 0, 0, 10), bound_record(A, 900)),
+            (Ipv4Addr::new(10, 0, 0, 12), bound_record(A, 500)),
+        ];
+        let (t, stale) = LeaseTable::load(std::slice::from_ref(&s), recs);
+        assert_eq!(t.by_client(0, A).unwrap().0, Ipv4Addr::new(10, 0, 0, 10));
+        assert_eq!(stale, vec![Ipv4Addr::new(10, 0, 0, 12)]);
     }
 
     #[test]
@@ -570,7 +613,8 @@ mod tests {
         let (_db, recs) = open(&path).unwrap();
         assert_eq!(recs.len(), 2);
         let s = subnet();
-        let mut t = LeaseTable::load(std::slice::from_ref(&s), recs);
+        let (mut t, stale) = LeaseTable::load(std::slice::from_ref(&s), recs);
+        assert!(stale.is_empty());
         assert_eq!(t.by_client(0, A).unwrap().0, Ipv4Addr::new(10, 0, 0, 10));
         assert_eq!(t.active(100), 1);
         assert_eq!(t.sweep(100), vec![Ipv4Addr::new(10, 0, 0, 12)]);

@@ -273,7 +273,7 @@ impl DhcpServer {
 
         let (db, records) = leases::open(&config.lease_file)?;
         tracing::info!(path = %config.lease_file.display(), leases = records.len(), "dhcp lease database opened");
-        let table = LeaseTable::load(&config.subnets, records);
+        let (table, stale) = LeaseTable::load(&config.subnets, records);
         let stats = Arc::new(Stats::default());
         stats.set_leases_active(table.active(unix_now()));
         let events = Arc::new(EventBatcher::default());
@@ -284,6 +284,17 @@ impl DhcpServer {
                     source,
                 },
             )?;
+        if !stale.is_empty() {
+            let writes = stale
+                .into_iter()
+                .map(|ip| leases::LeaseWrite { ip, record: None })
+                .collect();
+            let _ = writer.submit(WriteJob {
+                writes,
+                reply: None,
+                events: vec![],
+            });
+        }
         deps.metrics.register(stats.clone());
         Ok(DhcpServer {
             shared: Arc::new(Shared {

@@ -53,6 +53,7 @@ SUM64=$(sha256sum <"$ROOT/big.img" | cut -d' ' -f1)
 free_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 OURS=$(free_port)
 HPA=$(free_port)
+NOCACHE=$(free_port)
 
 cat >"$T/agent.toml" <<EOF
 rack = "bench"
@@ -65,20 +66,34 @@ EOF
 RUST_LOG=warn "$AGENT" run --config "$T/agent.toml" >"$T/agent.log" 2>&1 &
 pids+=($!)
 AGENT_PID=$!
+# The same agent with the file cache off (reads the file per transfer, in 1 MiB chunks).
+mkdir -p "$T/data-nocache"
+cat >"$T/agent-nocache.toml" <<EOF
+rack = "bench"
+data_dir = "$T/data-nocache"
+coordinators = []
+
+[tftp]
+listen = "127.0.0.1:$NOCACHE"
+root = "$ROOT"
+cache_bytes = 0
+EOF
+RUST_LOG=warn "$AGENT" run --config "$T/agent-nocache.toml" >"$T/agent-nocache.log" 2>&1 &
+pids+=($!)
+NOCACHE_PID=$!
 in.tftpd -L -s "$ROOT" -a "127.0.0.1:$HPA" >"$T/hpa.log" 2>&1 &
 pids+=($!)
 HPA_PID=$!
 
 # Per-server CPU accounting: each server (and every child it forks) in its own cgroup.
 cpu_of() { echo 0; }
-if [ -w "$CG" ] && mkdir "$CG/tftpbench-ours-$$" "$CG/tftpbench-hpa-$$" 2>/dev/null; then
-    cgroups+=("$CG/tftpbench-ours-$$" "$CG/tftpbench-hpa-$$")
-    echo "$AGENT_PID" >"$CG/tftpbench-ours-$$/cgroup.procs"
-    echo "$HPA_PID" >"$CG/tftpbench-hpa-$$/cgroup.procs"
+if [ -w "$CG" ] && mkdir "$CG/tftpbench-$OURS-$$" "$CG/tftpbench-$HPA-$$" "$CG/tftpbench-$NOCACHE-$$" 2>/dev/null; then
+    cgroups+=("$CG/tftpbench-$OURS-$$" "$CG/tftpbench-$HPA-$$" "$CG/tftpbench-$NOCACHE-$$")
+    echo "$AGENT_PID" >"$CG/tftpbench-$OURS-$$/cgroup.procs"
+    echo "$HPA_PID" >"$CG/tftpbench-$HPA-$$/cgroup.procs"
+    echo "$NOCACHE_PID" >"$CG/tftpbench-$NOCACHE-$$/cgroup.procs"
     # Nanoseconds of CPU used so far by the server on port $1.
-    cpu_of() {
-        if [ "$1" = "$OURS" ]; then cat "$CG/tftpbench-ours-$$/cpuacct.usage"; else cat "$CG/tftpbench-hpa-$$/cpuacct.usage"; fi
-    }
+    cpu_of() { cat "$CG/tftpbench-$1-$$/cpuacct.usage"; }
 else
     echo "(no writable cgroup v1 cpuacct: server CPU not measured)"
 fi
@@ -94,6 +109,7 @@ wait_ready() {
 }
 wait_ready "$OURS"
 wait_ready "$HPA"
+wait_ready "$NOCACHE"
 
 now() { date +%s.%N; }
 
@@ -129,20 +145,23 @@ best() { printf '%s\n' "$@" | sort -g | head -1; }
 
 for client in curl atftp; do
     echo "== $N concurrent 1 MiB fetches, $client blksize 1428 (best of $ROUNDS) =="
-    ours=() hpa=() ours_cpu=() hpa_cpu=()
+    ours=() hpa=() ours_cpu=() hpa_cpu=() nc=() nc_cpu=()
     for r in $(seq "$ROUNDS"); do
         read -r w c <<<"$(concurrent "$OURS" "$client")"
         ours+=("$w") ours_cpu+=("$c")
         read -r w c <<<"$(concurrent "$HPA" "$client")"
         hpa+=("$w") hpa_cpu+=("$c")
-        printf 'round %d: rack-agent %.3f s (server CPU %.3f s)   tftpd-hpa %.3f s (server CPU %.3f s)\n' \
-            "$r" "${ours[-1]}" "${ours_cpu[-1]}" "${hpa[-1]}" "${hpa_cpu[-1]}"
+        read -r w c <<<"$(concurrent "$NOCACHE" "$client")"
+        nc+=("$w") nc_cpu+=("$c")
+        printf 'round %d: rack-agent %.3f s (CPU %.3f s)   tftpd-hpa %.3f s (CPU %.3f s)   rack-agent, no cache %.3f s (CPU %.3f s)\n' \
+            "$r" "${ours[-1]}" "${ours_cpu[-1]}" "${hpa[-1]}" "${hpa_cpu[-1]}" "${nc[-1]}" "${nc_cpu[-1]}"
     done
     B_OURS=$(best "${ours[@]}") B_HPA=$(best "${hpa[@]}")
     C_OURS=$(best "${ours_cpu[@]}") C_HPA=$(best "${hpa_cpu[@]}")
     printf '%s: wall rack-agent %.3f s, tftpd-hpa %.3f s, ratio %.2fx (target >= 1.5x); server CPU rack-agent %.3f s, tftpd-hpa %.3f s, ratio %.2fx\n' \
         "$client" "$B_OURS" "$B_HPA" "$(echo "$B_HPA / $B_OURS" | bc -l)" \
         "$C_OURS" "$C_HPA" "$(echo "if ($C_OURS > 0) $C_HPA / $C_OURS else 0" | bc -l)"
+    printf '%s: rack-agent with cache_bytes = 0: wall %.3f s, server CPU %.3f s\n' "$client" "$(best "${nc[@]}")" "$(best "${nc_cpu[@]}")"
 done
 
 cat >"$T/client.py" <<'EOF'

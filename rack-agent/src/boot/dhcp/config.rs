@@ -55,8 +55,7 @@ struct RawSubnet {
     #[serde(default)]
     discovery: bool,
     mode: Option<String>,
-    #[serde(default)]
-    router_advertisements: bool,
+    router_advertisements: Option<bool>,
 }
 
 /// How a subnet is served.
@@ -118,7 +117,8 @@ pub struct SubnetConfig {
     /// `mode = "authoritative"` (default) or `"proxy"` (ProxyDHCP, no addresses).
     pub mode: Mode,
     /// Answer IPv6 router solicitations on `interface` with an RA carrying M=0, O=0
-    /// (`router_advertisements`, default false) so iPXE does not wait for DHCPv6.
+    /// (`router_advertisements`, default true on subnets with an `interface`) so iPXE does not
+    /// wait ~16 s for IPv6 autoconfiguration.
     pub router_advertisements: bool,
 }
 
@@ -261,7 +261,10 @@ fn validate_subnet(i: usize, s: RawSubnet) -> Result<SubnetConfig, KeyError> {
             return Err(KeyError::new(key("interface"), "must be 1..=15 characters"));
         }
     }
-    if s.interface.is_none() && s.router_advertisements {
+    // On by default wherever there is an interface to answer on: without an RA, iPXE waits
+    // ~16 s for IPv6 autoconfiguration on every boot.
+    let router_advertisements = s.router_advertisements.unwrap_or(s.interface.is_some());
+    if s.interface.is_none() && router_advertisements {
         return Err(KeyError::new(
             key("router_advertisements"),
             "needs an interface to answer router solicitations on",
@@ -322,7 +325,7 @@ fn validate_subnet(i: usize, s: RawSubnet) -> Result<SubnetConfig, KeyError> {
         pools,
         discovery: s.discovery,
         mode,
-        router_advertisements: s.router_advertisements,
+        router_advertisements,
     })
 }
 

@@ -1,4 +1,18 @@
 //! The `[tftp]` config section: raw TOML shape, defaults and validation.
+//!
+//! Every key is optional; the values shown are the defaults:
+//!
+//! ```toml
+//! [tftp]
+//! listen = "0.0.0.0:69"
+//! # root = "/srv/tftp"    # default <data_dir>/tftp; relative to the config file's dir
+//! max_blksize = 1468       # RFC 2348 cap (8..=65464)
+//! max_windowsize = 64      # RFC 7440 cap (1..=32768)
+//! timeout_ms = 1000        # retransmission timeout without an RFC 2349 timeout option
+//! retries = 5              # retransmissions without progress before giving up
+//! max_transfers = 1024     # concurrent transfers; beyond: ERROR 0 "server busy"
+//! cache_bytes = 268435456  # in-memory file cache bound; 0 disables it
+//! ```
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -577,3 +577,32 @@ async fn shutdown_stops_in_flight_transfers_within_a_bound() {
     assert_eq!(metric(&m, "tftp_requests_total{result=\"shutdown\"}"), 1);
     assert_eq!(metric(&m, "tftp_active_transfers"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_files_are_reread_and_large_files_streamed() {
+    let s = start(|c| c.cache_bytes = 1 << 20, None).await;
+    let v1 = pattern(100_000, 16);
+    s.put("a", &v1);
+    let out = s.out("a1");
+    curl_get(s.addr, "a", &out, 1428).await;
+    assert_eq!(sha256_file(&out), sha256(&v1));
+    let out = s.out("a2");
+    curl_get(s.addr, "a", &out, 1428).await;
+    assert_eq!(sha256_file(&out), sha256(&v1));
+    assert_eq!(s.metric("tftp_cache_hits_total"), 1);
+    // A new version (other length) is not served from the cache.
+    let v2 = pattern(120_000, 17);
+    s.put("a", &v2);
+    let out = s.out("a3");
+    curl_get(s.addr, "a", &out, 1428).await;
+    assert_eq!(sha256_file(&out), sha256(&v2));
+    // Larger than the cache: streamed from disk in chunks, with a window.
+    let big = pattern(3 * 1024 * 1024 + 99, 18);
+    s.put("big", &big);
+    let out = s.out("big");
+    let o = atftp_get(s.addr, "big", &out, &["blksize 1428", "windowsize 8"], &[]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(sha256_file(&out), sha256(&big));
+    assert_eq!(s.metric("tftp_cache_hits_total"), 1);
+    s.stop().await;
+}

@@ -66,7 +66,7 @@ EOF
 RUST_LOG=warn "$AGENT" run --config "$T/agent.toml" >"$T/agent.log" 2>&1 &
 pids+=($!)
 AGENT_PID=$!
-# The same agent with the file cache off (reads the file per transfer, in 1 MiB chunks).
+# The same agent with the file cache off (reads the file per transfer, in 256 KiB chunks).
 mkdir -p "$T/data-nocache"
 cat >"$T/agent-nocache.toml" <<EOF
 rack = "bench"

@@ -131,7 +131,14 @@ pub enum LookupError {
     Refused(Refusal),
     /// The file exists but could not be read.
     Io(io::Error),
+    /// Netascii asked for a file above [`MAX_NETASCII_BYTES`].
+    TooLargeForNetascii,
 }
+
+/// Largest file sent in netascii mode. Netascii is converted in memory per transfer, so
+/// without a bound, concurrent netascii requests for a large image would each hold a copy;
+/// boot files go in octet mode anyway.
+pub const MAX_NETASCII_BYTES: u64 = 16 << 20;
 
 /// Where files come from. Implemented over the filesystem by [`FsLookup`]; blocking.
 pub trait Lookup {
@@ -183,6 +190,9 @@ impl FsLookup {
         })?;
         let meta = file.metadata().map_err(LookupError::Io)?;
         let len = meta.len();
+        if mode == Mode::Netascii && len > MAX_NETASCII_BYTES {
+            return Err(LookupError::TooLargeForNetascii);
+        }
         if self.cache.admits(len) {
             let (data, hit) = self
                 .cache
@@ -375,6 +385,14 @@ pub fn decide(req: &Request, peer: SocketAddr, lookup: &dyn Lookup, limits: &Lim
             }
         }
         Err(LookupError::Refused(r)) => return refused(r),
+        Err(LookupError::TooLargeForNetascii) => {
+            return Decision::Refuse {
+                code: ErrorCode::IllegalOperation,
+                message: "file too large for netascii, use octet".to_owned(),
+                outcome: Outcome::IllegalOperation,
+                refusal: None,
+            }
+        }
         Err(LookupError::Io(e)) => {
             return Decision::Refuse {
                 code: ErrorCode::Undefined,
@@ -653,6 +671,12 @@ mod tests {
             Err(LookupError::Refused(Refusal::NotRegular))
         ));
         assert!(matches!(find("sub/file/x"), Err(LookupError::NotFound)));
+        let big = std::fs::File::create(root.join("big")).unwrap();
+        big.set_len(MAX_NETASCII_BYTES + 1).unwrap();
+        assert!(matches!(
+            l.find("big", peer, Mode::Netascii),
+            Err(LookupError::TooLargeForNetascii)
+        ));
         assert_eq!(
             bytes_of(l.find("node.cfg", peer, Mode::Netascii)),
             b"generated"

@@ -16,8 +16,9 @@ use super::handler::{self, Decision, Limits, Lookup, Source};
 use super::packet::{self, ErrorCode, Malformed, Packet, Request, MAX_DATAGRAM};
 use super::stats::{Outcome, TftpStats};
 
-/// Bytes read from disk at a time for files too large for the cache.
-const CHUNK_BYTES: usize = 1 << 20;
+/// Bytes read from disk at a time for files too large for the cache (per transfer, so
+/// `max_transfers` of them bound the memory of streamed transfers: 256 MiB at the default).
+const CHUNK_BYTES: usize = 256 << 10;
 
 /// What an ACK did to the window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,10 +26,19 @@ AGENT=$PWD/target/release/rack-agent
 T=$(mktemp -d)
 NS=mfbb$$
 pids=()
+# Everything this script starts runs inside its namespace: stop it by the namespace's PIDs.
+stop_ns_processes() {
+    local p
+    for p in $(ip netns pids "$NS" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+    for _ in $(seq 50); do
+        [ -z "$(ip netns pids "$NS" 2>/dev/null)" ] && return 0
+        sleep 0.1
+    done
+    for p in $(ip netns pids "$NS" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+}
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    stop_ns_processes
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    [ -f "$T/nginx.pid" ] && kill "$(cat "$T/nginx.pid")" 2>/dev/null || true
     ip netns del "$NS" 2>/dev/null || true
     rm -rf "$T"
 }
@@ -61,19 +70,19 @@ boot_once() { # firmware(bios|uefi) label
     in_ns qemu-system-x86_64 -accel tcg -m 384 -smp 1 -display none -no-reboot \
         "${args[@]}" -boot n -serial "file:$serial" \
         -netdev tap,id=n0,ifname=tap0,script=no,downscript=no \
-        -device virtio-net-pci,netdev=n0,mac=52:54:00:99:00:01 &
-    local qpid=$!
+        -device virtio-net-pci,netdev=n0,mac=52:54:00:99:00:01 2>>"$T/qemu.log" &
+    local qpid=$!  # the subshell; QEMU itself is found through the namespace below
     local deadline=$((SECONDS + 120))
     until grep -aq "METALFLEET-MARKER" "$serial" 2>/dev/null; do
         if ((SECONDS > deadline)); then
             echo "boot $label: no marker within 120 s" >&2
-            kill "$qpid" 2>/dev/null; wait "$qpid" 2>/dev/null || true
+            pkill -f "serial file:$serial" 2>/dev/null; wait "$qpid" 2>/dev/null || true
             return 1
         fi
         sleep 0.05
     done
     end=$(date +%s.%N)
-    kill "$qpid" 2>/dev/null; wait "$qpid" 2>/dev/null || true
+    pkill -f "serial file:$serial" 2>/dev/null; wait "$qpid" 2>/dev/null || true
     echo "$end - $start" | bc
 }
 
@@ -123,14 +132,11 @@ DNSMASQ
 in_ns nginx -c "$T/nginx.conf" -p "$T" &
 pids+=($!)
 in_ns dnsmasq -k --conf-file="$T/dnsmasq.conf" --pid-file="$T/dnsmasq.pid" &
-dnsmasq_pid=$!
-pids+=($dnsmasq_pid)
+pids+=($!)
 sleep 0.5
 base_bios=$(run_rounds bios base-bios)
 base_uefi=$(run_rounds uefi base-uefi)
-kill "$dnsmasq_pid"; wait "$dnsmasq_pid" 2>/dev/null || true
-[ -f "$T/nginx.pid" ] && kill "$(cat "$T/nginx.pid")" 2>/dev/null || true
-sleep 0.3
+stop_ns_processes
 
 # --- the rack agent -----------------------------------------------------------------------
 cat >"$T/agent/agent.toml" <<TOML

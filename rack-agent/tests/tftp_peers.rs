@@ -606,3 +606,47 @@ async fn changed_files_are_reread_and_large_files_streamed() {
     assert_eq!(s.metric("tftp_cache_hits_total"), 1);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_request_from_the_same_port_replaces_the_running_transfer() {
+    let s = start(|_| {}, None).await;
+    let data = pattern(50_000, 19);
+    s.put("undionly.kpxe", &data);
+    // A PXE ROM asks for the size alone, then (same port, no ERROR) for the file with blksize.
+    let mut c = Raw::new(s.addr).await;
+    c.rrq("undionly.kpxe", &[("tsize", "0")]).await;
+    assert_eq!(
+        c.recv().await,
+        Got::Oack(vec![("tsize".into(), "50000".into())])
+    );
+    let old = c.tid.take().unwrap();
+    c.rrq("undionly.kpxe", &[("blksize", "1428"), ("tsize", "0")])
+        .await;
+    let oack = loop {
+        let got = c.recv().await;
+        if c.tid == Some(old) {
+            // A retransmission from the old transfer before it was stopped.
+            c.tid = None;
+            continue;
+        }
+        break got;
+    };
+    assert_eq!(
+        oack,
+        Got::Oack(vec![
+            ("blksize".into(), "1428".into()),
+            ("tsize".into(), "50000".into())
+        ])
+    );
+    c.ack(0).await;
+    let first = c.recv().await;
+    let (got, _) = c.finish(first, 1428, 1).await;
+    assert_eq!(got, data);
+    poll("old transfer superseded, new one ok", || {
+        s.metric("tftp_requests_total{result=\"superseded\"}") == 1
+            && s.metric("tftp_requests_total{result=\"ok\"}") == 1
+            && s.metric("tftp_active_transfers") == 0
+    })
+    .await;
+    s.stop().await;
+}

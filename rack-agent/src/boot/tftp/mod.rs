@@ -15,7 +15,7 @@ pub mod packet;
 pub mod session;
 pub mod stats;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::cache::FileCache;
 use self::handler::{FsLookup, Limits, ListenDecision};
-use self::packet::{ErrorCode, MAX_DATAGRAM};
+use self::packet::{ErrorCode, Request, MAX_DATAGRAM};
 use self::session::Shared;
 use self::stats::{Outcome, TftpStats};
 use super::BootDeps;
@@ -95,19 +95,67 @@ fn bind_listen(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
+/// The transfer running for a peer (one per client address and port).
+struct Active {
+    id: u64,
+    req: Request,
+    superseded: CancellationToken,
+}
+
+type ActiveMap = Arc<Mutex<HashMap<SocketAddr, Active>>>;
+
+/// What the listener does with a read request.
+enum Admission {
+    /// Start a transfer (after stopping the peer's previous one, if any).
+    Start(u64, CancellationToken),
+    /// The same request again while its transfer runs: the transfer answers it.
+    Duplicate,
+    /// Over `max_transfers`.
+    Busy,
+}
+
+/// Admits `req` from `peer`. A different request from a peer with a transfer running
+/// replaces that transfer: the client has given up on it (PXE ROMs ask for `tsize` alone,
+/// abort, and ask again with `blksize`, sometimes from the same port).
+fn admit(map: &ActiveMap, peer: SocketAddr, req: &Request, id: u64, max: usize) -> Admission {
+    let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
+    match map.get(&peer) {
+        Some(a) if a.req == *req => return Admission::Duplicate,
+        Some(_) => {
+            if let Some(old) = map.remove(&peer) {
+                old.superseded.cancel();
+            }
+        }
+        None if map.len() >= max => return Admission::Busy,
+        None => {}
+    }
+    let superseded = CancellationToken::new();
+    map.insert(
+        peer,
+        Active {
+            id,
+            req: req.clone(),
+            superseded: superseded.clone(),
+        },
+    );
+    Admission::Start(id, superseded)
+}
+
 /// Releases a transfer's slot (peer entry and active gauge) however the task ends.
 struct Slot {
-    peers: Arc<Mutex<HashSet<SocketAddr>>>,
+    peers: ActiveMap,
     peer: SocketAddr,
+    id: u64,
     stats: Arc<TftpStats>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.peers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.peer);
+        let mut map = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        // A superseded transfer must not remove its successor's entry.
+        if map.get(&self.peer).is_some_and(|a| a.id == self.id) {
+            map.remove(&self.peer);
+        }
         self.stats.active(-1);
     }
 }
@@ -172,7 +220,8 @@ impl TftpServer {
     /// Serves until `cancel` fires, then lets transfers in flight run for up to
     /// [`SHUTDOWN_GRACE`] before stopping them.
     pub async fn run(self, cancel: CancellationToken) {
-        let peers: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
+        let peers: ActiveMap = Arc::default();
+        let mut next_id = 0u64;
         let stop_transfers = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -213,35 +262,29 @@ impl TftpServer {
                         .await;
                 }
                 ListenDecision::Start(req) => {
-                    let admitted = {
-                        let mut set = peers.lock().unwrap_or_else(PoisonError::into_inner);
-                        if set.contains(&peer) {
-                            Err(None)
-                        } else if set.len() >= self.max_transfers {
-                            Err(Some(()))
-                        } else {
-                            set.insert(peer);
-                            Ok(())
-                        }
-                    };
-                    match admitted {
-                        Ok(()) => {
+                    next_id += 1;
+                    match admit(&peers, peer, &req, next_id, self.max_transfers) {
+                        Admission::Start(id, superseded) => {
                             self.stats.active(1);
                             let slot = Slot {
                                 peers: peers.clone(),
                                 peer,
+                                id,
                                 stats: self.stats.clone(),
                             };
                             let shared = self.shared.clone();
-                            let stop = stop_transfers.clone();
+                            let stop = session::Stop {
+                                shutdown: stop_transfers.clone(),
+                                superseded,
+                            };
                             tasks.spawn(async move {
                                 let _slot = slot;
                                 session::run(shared, peer, req, stop).await;
                             });
                         }
                         // A retransmitted RRQ while its transfer runs: the transfer answers.
-                        Err(None) => self.stats.malformed(packet::Malformed::Duplicate),
-                        Err(Some(())) => {
+                        Admission::Duplicate => self.stats.malformed(packet::Malformed::Duplicate),
+                        Admission::Busy => {
                             self.stats.request(Outcome::Busy);
                             tracing::warn!(%peer, file = %req.filename, limit = self.max_transfers, "tftp: server busy");
                             let _ = self
@@ -277,5 +320,66 @@ async fn drain(tasks: &mut JoinSet<()>, stop: &CancellationToken) {
         .is_err()
     {
         tasks.abort_all();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::boot::tftp::packet::Mode;
+
+    fn req(option: &str) -> Request {
+        Request {
+            filename: "undionly.kpxe".to_owned(),
+            mode: Mode::Octet,
+            options: vec![(option.to_owned(), "0".to_owned())],
+        }
+    }
+
+    #[test]
+    fn admission_dedups_replaces_and_limits() {
+        let map = ActiveMap::default();
+        let stats = Arc::new(TftpStats::default());
+        let a: SocketAddr = "10.0.0.1:1000".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:1000".parse().unwrap();
+        let c: SocketAddr = "10.0.0.3:1000".parse().unwrap();
+        let Admission::Start(1, first) = admit(&map, a, &req("tsize"), 1, 2) else {
+            panic!("not started")
+        };
+        assert!(matches!(
+            admit(&map, a, &req("tsize"), 2, 2),
+            Admission::Duplicate
+        ));
+        assert!(matches!(
+            admit(&map, a, &req("blksize"), 3, 2),
+            Admission::Start(3, _)
+        ));
+        assert!(first.is_cancelled(), "the old transfer is told to stop");
+        assert!(matches!(
+            admit(&map, b, &req("tsize"), 4, 2),
+            Admission::Start(4, _)
+        ));
+        assert!(matches!(
+            admit(&map, c, &req("tsize"), 5, 2),
+            Admission::Busy
+        ));
+        // The superseded transfer ending leaves its successor's entry alone.
+        stats.active(2);
+        drop(Slot {
+            peers: map.clone(),
+            peer: a,
+            id: 1,
+            stats: stats.clone(),
+        });
+        assert_eq!(map.lock().unwrap().get(&a).map(|x| x.id), Some(3));
+        drop(Slot {
+            peers: map.clone(),
+            peer: a,
+            id: 3,
+            stats: stats.clone(),
+        });
+        assert!(map.lock().unwrap().get(&a).is_none());
+        assert_eq!(stats.active_transfers(), 0);
     }
 }

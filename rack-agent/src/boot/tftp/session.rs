@@ -236,19 +236,24 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// Why a transfer may be stopped from outside.
+#[derive(Debug, Clone)]
+pub struct Stop {
+    /// The server is shutting down (the client is told with ERROR 0).
+    pub shutdown: CancellationToken,
+    /// The same client sent a new request (stopped silently: an ERROR to the client's port
+    /// would abort its new transfer).
+    pub superseded: CancellationToken,
+}
+
 /// Runs one read request from `peer` to its end. Never fails: every ending is counted and
 /// logged.
-pub async fn run(shared: Arc<Shared>, peer: SocketAddr, req: Request, cancel: CancellationToken) {
-    let outcome = serve(&shared, peer, &req, &cancel).await;
+pub async fn run(shared: Arc<Shared>, peer: SocketAddr, req: Request, stop: Stop) {
+    let outcome = serve(&shared, peer, &req, &stop).await;
     shared.stats.request(outcome);
 }
 
-async fn serve(
-    shared: &Arc<Shared>,
-    peer: SocketAddr,
-    req: &Request,
-    cancel: &CancellationToken,
-) -> Outcome {
+async fn serve(shared: &Arc<Shared>, peer: SocketAddr, req: &Request, stop: &Stop) -> Outcome {
     let socket = match UdpSocket::bind(SocketAddr::new(shared.bind_ip, 0)).await {
         Ok(s) => s,
         Err(e) => {
@@ -263,6 +268,11 @@ async fn serve(
         })
         .await
     };
+    // Replaced while the file was being looked up: answering now could make the client lock
+    // onto this transfer's port instead of its successor's.
+    if stop.superseded.is_cancelled() {
+        return Outcome::Superseded;
+    }
     let plan = match decision {
         Ok(Decision::Serve(plan)) => plan,
         Ok(Decision::Refuse {
@@ -331,7 +341,11 @@ async fn serve(
     deadline = send_now!();
     loop {
         tokio::select! {
-            () = cancel.cancelled() => {
+            () = stop.superseded.cancelled() => {
+                tracing::debug!(%peer, file = %plan.name, "tftp: transfer replaced by a new request from the same client");
+                return Outcome::Superseded;
+            }
+            () = stop.shutdown.cancelled() => {
                 let _ = socket
                     .send_to(&packet::encode_error(ErrorCode::Undefined, "server shutting down"), peer)
                     .await;

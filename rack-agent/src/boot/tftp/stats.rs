@@ -29,11 +29,13 @@ pub enum Outcome {
     IoError,
     /// The server shut down mid-transfer.
     Shutdown,
+    /// The client sent a different request from the same port; this transfer was dropped.
+    Superseded,
 }
 
 impl Outcome {
     /// Every outcome, in metrics order.
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Ok,
         Outcome::NotFound,
         Outcome::AccessViolation,
@@ -44,6 +46,7 @@ impl Outcome {
         Outcome::ClientError,
         Outcome::IoError,
         Outcome::Shutdown,
+        Outcome::Superseded,
     ];
 
     /// The metrics label.
@@ -59,6 +62,7 @@ impl Outcome {
             Outcome::ClientError => "client_error",
             Outcome::IoError => "io_error",
             Outcome::Shutdown => "shutdown",
+            Outcome::Superseded => "superseded",
         }
     }
 }

@@ -5,6 +5,7 @@
 //! tests can run a whole agent in-process ([`agent::Agent`]).
 
 pub mod agent;
+pub mod bmc;
 pub mod boot;
 pub mod cli;
 pub mod config;

@@ -246,6 +246,52 @@ pub struct Stop {
     pub superseded: CancellationToken,
 }
 
+/// The sending half of a transfer.
+struct Sender<'a> {
+    socket: &'a UdpSocket,
+    peer: SocketAddr,
+    name: &'a str,
+    stats: &'a TftpStats,
+    reader: Reader,
+    oack: Vec<u8>,
+    /// Reused DATA packet buffer.
+    out: Vec<u8>,
+    timeout: std::time::Duration,
+}
+
+impl Sender<'_> {
+    /// Sends the OACK or the current window; returns the retransmission deadline, or the
+    /// outcome when the file cannot be read (the client is told with ERROR 0).
+    async fn send(&mut self, window: &mut Window) -> Result<tokio::time::Instant, Outcome> {
+        if window.oack_pending() {
+            let _ = self.socket.send_to(&self.oack, self.peer).await;
+        } else {
+            let len = self.reader.len();
+            let mut payload = 0u64;
+            let w = window.window();
+            let count = w.end - w.start;
+            for block in w {
+                let data = match self.reader.read(window.span(block, len)).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(peer = %self.peer, file = %self.name, error = %e, "tftp: read failed");
+                        let err = packet::encode_error(ErrorCode::Undefined, "read error");
+                        let _ = self.socket.send_to(&err, self.peer).await;
+                        return Err(Outcome::IoError);
+                    }
+                };
+                packet::encode_data(&mut self.out, Window::wire(block), &data);
+                // A failed send (e.g. ENOBUFS) is like a lost packet: the timer recovers.
+                let _ = self.socket.send_to(&self.out, self.peer).await;
+                payload += data.len() as u64;
+            }
+            let resent = window.sent();
+            self.stats.sent(count, payload, resent);
+        }
+        Ok(tokio::time::Instant::now() + self.timeout)
+    }
+}
+
 /// Runs one read request from `peer` to its end. Never fails: every ending is counted and
 /// logged.
 pub async fn run(shared: Arc<Shared>, peer: SocketAddr, req: Request, stop: Stop) {
@@ -298,47 +344,24 @@ async fn serve(shared: &Arc<Shared>, peer: SocketAddr, req: &Request, stop: &Sto
     shared.stats.cache(plan.cache_hit);
     let started = Instant::now();
     let n = &plan.negotiated;
-    let mut reader = Reader::new(plan.source);
-    let len = reader.len();
+    let mut tx = Sender {
+        socket: &socket,
+        peer,
+        name: &plan.name,
+        stats: &shared.stats,
+        reader: Reader::new(plan.source),
+        oack: packet::encode_oack(&n.oack),
+        out: Vec::with_capacity(usize::from(n.blksize) + 4),
+        timeout: n.timeout,
+    };
+    let len = tx.reader.len();
     let mut window = Window::new(len, n.blksize, n.windowsize, !n.oack.is_empty());
-    let oack = packet::encode_oack(&n.oack);
-    let mut out = Vec::with_capacity(usize::from(n.blksize) + 4);
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut deadline;
 
-    // Sends the OACK or the current window; returns the retransmission deadline.
-    macro_rules! send_now {
-        () => {{
-            if window.oack_pending() {
-                let _ = socket.send_to(&oack, peer).await;
-            } else {
-                let mut payload = 0u64;
-                let w = window.window();
-                let count = w.end - w.start;
-                for block in w {
-                    let data = match reader.read(window.span(block, len)).await {
-                        Ok(d) => d,
-                        Err(e) => {
-                            tracing::warn!(%peer, file = %plan.name, error = %e, "tftp: read failed");
-                            let _ = socket
-                                .send_to(&packet::encode_error(ErrorCode::Undefined, "read error"), peer)
-                                .await;
-                            return Outcome::IoError;
-                        }
-                    };
-                    packet::encode_data(&mut out, Window::wire(block), &data);
-                    // A failed send (e.g. ENOBUFS) is like a lost packet: the timer recovers.
-                    let _ = socket.send_to(&out, peer).await;
-                    payload += data.len() as u64;
-                }
-                let resent = window.sent();
-                shared.stats.sent(count, payload, resent);
-            }
-            tokio::time::Instant::now() + n.timeout
-        }};
-    }
-
-    deadline = send_now!();
+    let mut deadline = match tx.send(&mut window).await {
+        Ok(d) => d,
+        Err(o) => return o,
+    };
     loop {
         tokio::select! {
             () = stop.superseded.cancelled() => {
@@ -361,7 +384,10 @@ async fn serve(shared: &Arc<Shared>, peer: SocketAddr, req: &Request, stop: &Sto
                     );
                     return Outcome::TimedOut;
                 }
-                deadline = send_now!();
+                deadline = match tx.send(&mut window).await {
+                    Ok(d) => d,
+                    Err(o) => return o,
+                };
             }
             r = socket.recv_from(&mut buf) => {
                 let (got, from) = match r {
@@ -381,7 +407,12 @@ async fn serve(shared: &Arc<Shared>, peer: SocketAddr, req: &Request, stop: &Sto
                 match packet::parse(datagram) {
                     Ok(Packet::Ack(wire)) => match window.on_ack(wire) {
                         AckEffect::Ignored => {}
-                        AckEffect::Advanced => deadline = send_now!(),
+                        AckEffect::Advanced => {
+                            deadline = match tx.send(&mut window).await {
+                                Ok(d) => d,
+                                Err(o) => return o,
+                            };
+                        }
                         AckEffect::Done => break,
                     },
                     Ok(Packet::Error { code, message }) => {

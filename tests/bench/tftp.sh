@@ -18,7 +18,7 @@ N=${1:-100}
 ROUNDS=${2:-3}
 
 pkgs=()
-for p in curl:curl in.tftpd:tftpd-hpa python3:python3; do
+for p in curl:curl atftp:atftp in.tftpd:tftpd-hpa python3:python3 bc:bc; do
     command -v "${p%%:*}" >/dev/null || pkgs+=("${p##*:}")
 done
 if ((${#pkgs[@]})); then

@@ -14,6 +14,7 @@ pub mod enroll;
 pub mod identity;
 pub mod status;
 pub mod store;
+pub mod switch;
 pub mod uplink;
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

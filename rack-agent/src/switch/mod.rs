@@ -337,6 +337,17 @@ pub trait SwitchDriver: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, Result<Vec<PortConfig>, SwitchError>>;
 }
 
+/// Reads the switch and compares it with `wanted` (drift detection for a reconciler: a port
+/// changed behind the driver's back since the last `apply` is [`SwitchError::Mismatch`]).
+/// Cancel-safe.
+pub async fn check(
+    driver: &dyn SwitchDriver,
+    wanted: &[PortChange],
+) -> Result<Vec<PortConfig>, SwitchError> {
+    let found = driver.read_ports().await?;
+    verify_readback(driver.name(), wanted, &found)
+}
+
 /// The driver `config` names, connected (SSH and OVSDB connect lazily on first use, so an
 /// unreachable switch does not stop the agent from starting).
 pub fn connect(config: &SwitchConfig) -> Result<Arc<dyn SwitchDriver>, SwitchError> {

@@ -49,6 +49,8 @@ pub const DEFAULT_BACKOFF_MAX_MS: u64 = 10_000;
 /// Default bound on polling a power change (sushy-tools applies changes after up to 11 s,
 /// real servers take tens of seconds to power off gracefully).
 pub const DEFAULT_POWER_WAIT_SECS: u64 = 60;
+/// What the guard allows an attempt beyond the driver's own `timeout`.
+pub const ATTEMPT_SLACK: Duration = Duration::from_secs(5);
 /// Default CA bundle for Redfish TLS verification (Debian's `ca-certificates`).
 pub const DEFAULT_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -318,13 +320,16 @@ impl BmcConfig {
             .unwrap_or_else(|| self.defaults.clone())
     }
 
-    /// The retry policy of the guard.
-    pub fn retry_policy(&self) -> crate::bmc::RetryPolicy {
+    /// The guard's retry policy for the BMC at `address`.
+    pub fn retry_policy(&self, address: &str) -> crate::bmc::RetryPolicy {
+        let settings = self.for_address(address);
         crate::bmc::RetryPolicy {
             retries: self.retries,
             backoff: self.backoff,
             backoff_max: self.backoff_max,
-            attempt_timeout: self.defaults.timeout,
+            // Drivers enforce `timeout` themselves and report it in the BMC's words; the
+            // guard's limit is the backstop for a driver that hangs anyway.
+            attempt_timeout: settings.timeout + ATTEMPT_SLACK,
         }
     }
 }

@@ -95,14 +95,17 @@ impl IpmiBmc {
     /// Runs `ipmitool ... <args>`; stdout on success, a classified error otherwise.
     async fn run(&self, op: Operation, args: &[&str]) -> Result<String, BmcError> {
         let secs = self.settings.timeout.as_secs().max(1);
-        // ipmitool's own retransmissions (UDP): three tries within our time limit.
-        let per_try = (secs / 3).max(1).to_string();
+        // ipmitool's own retransmissions (UDP): two tries of about a third of our limit each,
+        // so it reports a dead BMC in its own words (`Get Auth Capabilities error`) before we
+        // kill it; at least 2 s per try, since a BMC's chassis control can be slow to answer
+        // and a reply that arrives after the retransmission is lost ("Request Match NOT FOUND").
+        let per_try = (secs / 3).max(2).to_string();
         let mut cmd = tokio::process::Command::new(&self.settings.ipmitool);
         cmd.args(["-v", "-I", "lanplus", "-H", &self.host, "-p"])
             .arg(self.port.to_string())
             .args(["-U", &self.username, "-E", "-C"])
             .arg(self.settings.ipmi_cipher_suite.to_string())
-            .args(["-N", &per_try, "-R", "2"])
+            .args(["-N", &per_try, "-R", "1"])
             .args(args)
             .env("IPMI_PASSWORD", &self.password)
             .stdin(Stdio::null())
@@ -182,6 +185,7 @@ pub fn classify(address: &str, op: Operation, stderr: &str, timeout: Duration) -
         }
     } else if has(&[
         "get auth capabilities error",
+        "request match not found",
         "no response",
         "timeout",
         "unable to establish",

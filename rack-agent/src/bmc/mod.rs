@@ -612,6 +612,26 @@ pub fn connect(access: &BmcAccess, config: &BmcConfig) -> Result<Arc<dyn Bmc>, B
     }
 }
 
+/// [`connect`] wrapped in a [`GuardedBmc`]: the agent's way to get a BMC. `locks` is the
+/// agent-wide registry (one per agent), `observer` hears about every failure (the agent's
+/// [`guard::NodeEventObserver`] for the node).
+pub fn connect_guarded(
+    access: &BmcAccess,
+    config: &BmcConfig,
+    locks: &BmcLocks,
+    observer: Arc<dyn BmcObserver>,
+) -> Result<GuardedBmc, BmcError> {
+    let inner = connect(access, config)?;
+    let settings = config.for_address(&access.address);
+    Ok(GuardedBmc::new(
+        inner,
+        locks,
+        config.retry_policy(&access.address),
+        settings.power_wait,
+        observer,
+    ))
+}
+
 /// Polls `bmc` until it reports `want`, for at most `bound` (BMCs such as sushy-tools and many
 /// real ones accept a power change at once and apply it seconds later). Transient read errors
 /// while polling are tolerated; others end the wait.

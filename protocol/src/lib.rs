@@ -16,6 +16,7 @@ pub mod fleet;
 pub mod frame;
 pub mod ids;
 pub mod json;
+pub mod node;
 pub mod version;
 
 pub use ids::*;

@@ -82,6 +82,11 @@ class Switch:
     def __init__(self, dialect, ports, state_dir, ignore):
         self.dialect = dialect
         self.ports = {p: Port() for p in ports}
+        if dialect == "junos":
+            # Junos shows only configured interfaces; a factory-default access switch
+            # config here disables the unused ports so they are listed.
+            for port in self.ports.values():
+                port.disable = True
         self.state_dir = state_dir
         self.ignore = ignore
         self.hostname = {"nxos": "n9k", "eos": "leaf1", "os10": "OS10", "junos": "ex4300"}[dialect]

@@ -357,8 +357,13 @@ pub fn cli_ports(dialect: Dialect, n: usize) -> Vec<String> {
 }
 
 impl CliSwitch {
-    /// Starts the fixture for `dialect` with `n` ports, password `secret`.
+    /// Starts the fixture for `dialect` with `n` ports.
     pub fn start(dialect: Dialect, n: usize) -> CliSwitch {
+        CliSwitch::start_with(dialect, n, &[])
+    }
+
+    /// Starts the fixture; the ports in `ignore` accept configuration but never take it.
+    pub fn start_with(dialect: Dialect, n: usize, ignore: &[&str]) -> CliSwitch {
         let ok = Command::new("python3")
             .args(["-c", "import asyncssh"])
             .stderr(Stdio::null())
@@ -387,7 +392,9 @@ impl CliSwitch {
             .arg("--state-dir")
             .arg(d)
             .arg("--ready-file")
-            .arg(&ready);
+            .arg(&ready)
+            .arg("--ignore-ports")
+            .arg(ignore.join(","));
         let mut child = ProcGuard::spawn(cmd, "cli_switch.py", &log);
         let text = netns::poll(30, "cli_switch.py to listen", || {
             if let Some(code) = child.try_exit() {

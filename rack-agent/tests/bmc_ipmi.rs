@@ -17,8 +17,8 @@ use protocol::domain::BmcDriver;
 use protocol::fleet::BmcAccess;
 use rack_agent::bmc::guard::CollectingObserver;
 use rack_agent::bmc::{
-    self, AddressSource, Bmc, BmcConfig, BmcError, BmcLocks, BootDevice, BootOverride, GuardedBmc,
-    PowerAction, PowerState,
+    self, AddressSource, Bmc, BmcConfig, BmcError, BmcRegistry, BootDevice, BootOverride,
+    GuardedBmc, PowerAction, PowerState,
 };
 use rack_agent::boot::ConfigCtx;
 
@@ -53,7 +53,7 @@ fn access(address: &str, password: &str) -> BmcAccess {
 
 fn guarded(access: &BmcAccess, config: &BmcConfig) -> (GuardedBmc, Arc<CollectingObserver>) {
     let obs = Arc::new(CollectingObserver::default());
-    let g = bmc::connect_guarded(access, config, &BmcLocks::default(), obs.clone()).unwrap();
+    let g = bmc::connect_guarded(access, config, &BmcRegistry::default(), obs.clone()).unwrap();
     (g, obs)
 }
 

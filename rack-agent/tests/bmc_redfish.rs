@@ -22,8 +22,8 @@ use protocol::fleet::BmcAccess;
 use rack_agent::bmc::guard::CollectingObserver;
 use rack_agent::bmc::redfish::RedfishBmc;
 use rack_agent::bmc::{
-    self, AddressSource, Bmc, BmcConfig, BmcError, BmcLocks, BootDevice, BootOverride, GuardedBmc,
-    PowerAction, PowerState, TaskState, VolumeSpec,
+    self, AddressSource, Bmc, BmcConfig, BmcError, BmcRegistry, BootDevice, BootOverride,
+    GuardedBmc, PowerAction, PowerState, TaskState, VolumeSpec,
 };
 use rack_agent::boot::ConfigCtx;
 
@@ -59,7 +59,7 @@ fn access(address: &str, password: &str) -> BmcAccess {
 
 fn guarded(access: &BmcAccess, config: &BmcConfig) -> (GuardedBmc, Arc<CollectingObserver>) {
     let obs = Arc::new(CollectingObserver::default());
-    let g = bmc::connect_guarded(access, config, &BmcLocks::default(), obs.clone()).unwrap();
+    let g = bmc::connect_guarded(access, config, &BmcRegistry::default(), obs.clone()).unwrap();
     (g, obs)
 }
 
@@ -436,4 +436,70 @@ async fn lab_bmc_session_exhaustion_is_transient_and_ends_with_logout() {
     let e = bad.power_status().await.unwrap_err();
     assert!(matches!(e, BmcError::Auth { .. }), "{e}");
     assert_eq!(obs.failures().len(), 1);
+}
+
+/// Kills the VM named by a pidfile when dropped (the chassis script normally does it).
+struct PidfileGuard(PathBuf);
+
+impl Drop for PidfileGuard {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", pid.trim()])
+                .status();
+        }
+    }
+}
+
+fn qemu_alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.contains("qemu-system"))
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_redfish_power_drives_a_real_qemu_vm() {
+    bmc_support::require("qemu-system-x86_64", "the qemu-system-x86 package");
+    let dir = tempdir();
+    let tls = Tls::mint(dir.path(), "lab");
+    let state = dir.path().join("chassis");
+    let pidfile = state.join("qemu.pid");
+    let _vm = PidfileGuard(pidfile.clone());
+    let hook = bmc_support::lab_dir().join("chassis_control.sh");
+    let qemu = format!(
+        "qemu-system-x86_64 -accel tcg -m 64 -display none -nodefaults -name mft-vbmc-rf-{}",
+        std::process::id()
+    );
+    let lab = LabRedfish::start(
+        dir.path(),
+        &tls,
+        PASSWORD,
+        &["--power-hook", hook.to_str().unwrap()],
+        &[
+            ("VBMC_STATE_DIR", state.display().to_string()),
+            ("VBMC_QEMU", qemu),
+        ],
+    );
+    let (b, _) = guarded(&access(&lab.address(), PASSWORD), &ca_config(&tls));
+    b.power(PowerAction::On).await.unwrap();
+    let pid = bmc_support::poll(20, "the VM's pidfile", || {
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+    });
+    assert!(qemu_alive(&pid), "QEMU {pid} runs after a Redfish power on");
+    b.set_boot(BootOverride {
+        device: BootDevice::Pxe,
+        uefi: true,
+        persistent: false,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(state.join("boot")).unwrap().trim(),
+        "pxe"
+    );
+    b.power(PowerAction::Off).await.unwrap();
+    bmc_support::poll(20, "the VM to exit", || (!qemu_alive(&pid)).then_some(()));
 }

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -148,14 +149,21 @@ impl BmcObserver for CollectingObserver {
     }
 }
 
-/// Per-address locks shared by every guard of one agent, so two guards (two nodes sharing a
-/// chassis BMC, or two tasks) for the same address still take turns.
+/// What every guard of one agent shares: the per-address locks, so two guards (two nodes
+/// sharing a chassis BMC, or two tasks) for the same address still take turns, and the
+/// counters ([`BmcStats`]).
 #[derive(Debug, Default)]
-pub struct BmcLocks {
+pub struct BmcRegistry {
     locks: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    stats: Arc<BmcStats>,
 }
 
-impl BmcLocks {
+impl BmcRegistry {
+    /// The agent-wide counters (register them with the metrics registry).
+    pub fn stats(&self) -> Arc<BmcStats> {
+        self.stats.clone()
+    }
+
     /// The lock of `address` (created on first use; dropped when no guard holds it).
     pub fn lock_for(&self, address: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut map = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
@@ -169,6 +177,88 @@ impl BmcLocks {
     }
 }
 
+/// Counters of every guarded BMC operation of one agent, rendered for Prometheus.
+#[derive(Debug, Default)]
+pub struct BmcStats {
+    /// Operations that succeeded (after any retries).
+    pub succeeded: AtomicU64,
+    /// Failed attempts that were retried.
+    pub retried: AtomicU64,
+    /// Operations that failed for good.
+    pub failed: AtomicU64,
+    /// Failed attempts by kind: auth, timeout, session, transient, rejected, unsupported,
+    /// other (index as [`FAILURE_KINDS`]).
+    pub failures: [AtomicU64; FAILURE_KINDS.len()],
+}
+
+/// Labels of [`BmcStats::failures`].
+pub const FAILURE_KINDS: [&str; 7] = [
+    "auth",
+    "timeout",
+    "session",
+    "transient",
+    "rejected",
+    "unsupported",
+    "other",
+];
+
+impl BmcStats {
+    fn count(&self, c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn record(&self, e: &BmcError, retried: bool) {
+        let kind = match e {
+            BmcError::Auth { .. } => 0,
+            BmcError::Timeout { .. } => 1,
+            BmcError::SessionExhausted { .. } => 2,
+            BmcError::Transient { .. } | BmcError::PowerNotReached { .. } => 3,
+            BmcError::Rejected { .. } => 4,
+            BmcError::Unsupported { .. } => 5,
+            _ => 6,
+        };
+        if let Some(c) = self.failures.get(kind) {
+            self.count(c);
+        }
+        self.count(if retried { &self.retried } else { &self.failed });
+    }
+}
+
+impl crate::boot::Metrics for BmcStats {
+    fn render_prometheus(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP metalfleet_bmc_operations_total BMC operations by final result.\n\
+             # TYPE metalfleet_bmc_operations_total counter\n\
+             metalfleet_bmc_operations_total{{result=\"ok\"}} {}\n\
+             metalfleet_bmc_operations_total{{result=\"failed\"}} {}",
+            load(&self.succeeded),
+            load(&self.failed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP metalfleet_bmc_retries_total Failed BMC attempts that were retried.\n\
+             # TYPE metalfleet_bmc_retries_total counter\n\
+             metalfleet_bmc_retries_total {}",
+            load(&self.retried)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP metalfleet_bmc_failures_total Failed BMC attempts by kind.\n\
+             # TYPE metalfleet_bmc_failures_total counter"
+        );
+        for (k, c) in FAILURE_KINDS.iter().zip(&self.failures) {
+            let _ = writeln!(
+                out,
+                "metalfleet_bmc_failures_total{{kind=\"{k}\"}} {}",
+                load(c)
+            );
+        }
+    }
+}
+
 /// A driver behind the guard. Implements [`Bmc`] itself, so callers do not care whether they
 /// hold a guarded or a bare driver.
 ///
@@ -176,6 +266,7 @@ impl BmcLocks {
 pub struct GuardedBmc {
     inner: Arc<dyn Bmc>,
     lock: Arc<tokio::sync::Mutex<()>>,
+    stats: Arc<BmcStats>,
     policy: RetryPolicy,
     power_wait: Duration,
     observer: Arc<dyn BmcObserver>,
@@ -195,7 +286,7 @@ impl GuardedBmc {
     /// on polling a power change (added to the attempt limit of power on/off).
     pub fn new(
         inner: Arc<dyn Bmc>,
-        locks: &BmcLocks,
+        locks: &BmcRegistry,
         policy: RetryPolicy,
         power_wait: Duration,
         observer: Arc<dyn BmcObserver>,
@@ -204,6 +295,7 @@ impl GuardedBmc {
         GuardedBmc {
             inner,
             lock,
+            stats: locks.stats(),
             policy,
             power_wait,
             observer,
@@ -240,12 +332,16 @@ impl GuardedBmc {
                 }),
             };
             let e = match result {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    self.stats.count(&self.stats.succeeded);
+                    return Ok(v);
+                }
                 Err(e) => e,
             };
             let transient = e.is_transient();
             let retry_in =
                 (transient && attempt <= self.policy.retries).then(|| self.policy.delay(attempt));
+            self.stats.record(&e, retry_in.is_some());
             // Unsupported is a caller's question, not a BMC failure worth an event.
             if !matches!(e, BmcError::Unsupported { .. }) {
                 self.observer.failure(&BmcFailure {
@@ -389,7 +485,7 @@ mod tests {
         let obs = Arc::new(CollectingObserver::default());
         let g = GuardedBmc::new(
             sim.clone(),
-            &BmcLocks::default(),
+            &BmcRegistry::default(),
             p,
             Duration::from_secs(1),
             obs.clone(),
@@ -409,7 +505,7 @@ mod tests {
     async fn operations_on_one_address_are_serialised() {
         let sim = SimBmc::shared("10.0.0.9");
         sim.faults(|f| f.delay = Duration::from_millis(20));
-        let locks = BmcLocks::default();
+        let locks = BmcRegistry::default();
         let obs: Arc<dyn BmcObserver> = Arc::new(CollectingObserver::default());
         // Two guards over the same address (e.g. two nodes sharing a chassis BMC) take turns.
         let a = Arc::new(GuardedBmc::new(
@@ -440,7 +536,7 @@ mod tests {
 
     #[tokio::test]
     async fn different_addresses_do_not_wait_for_each_other() {
-        let locks = BmcLocks::default();
+        let locks = BmcRegistry::default();
         let (s1, s2) = (SimBmc::shared("10.0.0.1"), SimBmc::shared("10.0.0.2"));
         s1.faults(|f| f.unresponsive = true);
         let obs: Arc<dyn BmcObserver> = Arc::new(CollectingObserver::default());
@@ -496,6 +592,31 @@ mod tests {
             .map(|f| f.retry_in.unwrap().as_millis())
             .collect();
         assert_eq!(delays, vec![1, 2, 4, 4], "backoff capped at backoff_max");
+    }
+
+    #[tokio::test]
+    async fn counters_render_for_prometheus() {
+        use crate::boot::Metrics;
+        let sim = SimBmc::shared("10.0.0.11");
+        let reg = BmcRegistry::default();
+        let obs: Arc<dyn BmcObserver> = Arc::new(CollectingObserver::default());
+        let g = GuardedBmc::new(sim.clone(), &reg, policy(3), Duration::ZERO, obs);
+        sim.faults(|f| f.fail_next = 2);
+        g.power_status().await.unwrap();
+        sim.faults(|f| f.refuse_auth = true);
+        assert!(g.power_status().await.is_err());
+        let mut out = String::new();
+        reg.stats().render_prometheus(&mut out);
+        for want in [
+            "metalfleet_bmc_operations_total{result=\"ok\"} 1",
+            "metalfleet_bmc_operations_total{result=\"failed\"} 1",
+            "metalfleet_bmc_retries_total 2",
+            "metalfleet_bmc_failures_total{kind=\"transient\"} 2",
+            "metalfleet_bmc_failures_total{kind=\"auth\"} 1",
+            "# TYPE metalfleet_bmc_failures_total counter",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in\n{out}");
+        }
     }
 
     #[tokio::test]
@@ -601,7 +722,7 @@ mod tests {
         let obs = Arc::new(CollectingObserver::default());
         let g = GuardedBmc::new(
             Arc::new(Minimal),
-            &BmcLocks::default(),
+            &BmcRegistry::default(),
             policy(3),
             Duration::ZERO,
             obs.clone(),

@@ -30,7 +30,7 @@ pub mod redfish;
 pub mod sim;
 
 pub use config::{BmcConfig, BmcSettings};
-pub use guard::{BmcFailure, BmcLocks, BmcObserver, GuardedBmc, RetryPolicy};
+pub use guard::{BmcFailure, BmcObserver, BmcRegistry, GuardedBmc, RetryPolicy};
 
 /// A future returned by a [`Bmc`] operation.
 pub type BmcFuture<'a, T> = BoxFuture<'a, Result<T, BmcError>>;
@@ -618,7 +618,7 @@ pub fn connect(access: &BmcAccess, config: &BmcConfig) -> Result<Arc<dyn Bmc>, B
 pub fn connect_guarded(
     access: &BmcAccess,
     config: &BmcConfig,
-    locks: &BmcLocks,
+    locks: &BmcRegistry,
     observer: Arc<dyn BmcObserver>,
 ) -> Result<GuardedBmc, BmcError> {
     let inner = connect(access, config)?;

@@ -161,6 +161,21 @@ async fn exercise(dialect: Dialect) {
         .await
         .unwrap_err();
     assert!(matches!(err, SwitchError::HostKey { .. }), "{err}");
+
+    // Nobody listening: a transient connect error.
+    let mut cfg = sw.config(&sw.password_file);
+    if let DriverConfig::SshCli(s) = &mut cfg.driver {
+        s.port = switch_support::free_port();
+    }
+    let err = switch::connect(&cfg)
+        .unwrap()
+        .read_ports()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SwitchError::Connect { .. }) && err.is_transient(),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@ pub mod config;
 pub mod ovs;
 pub mod sim;
 pub mod sshcli;
+pub mod stats;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use batch::{validate_batch, verify_readback};
 pub use config::{DriverConfig, SwitchConfig};
+pub use stats::{CountedSwitch, SwitchStats};
 
 /// Smallest usable 802.1Q VLAN id (0 means "priority tag only").
 pub const MIN_VLAN: u16 = 1;

@@ -581,9 +581,12 @@ impl Session<'_> {
         })
     }
 
-    /// Ends the session: closes its input (the CLI logs out) and reaps the process.
+    /// Ends the session: `exit` (logs out of the CLI from exec mode), then closes its input
+    /// and reaps the process.
     async fn close(mut self) {
-        self.stdin = None;
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = tokio::time::timeout(self.sw.timeout, stdin.write_all(b"exit\n")).await;
+        }
         if tokio::time::timeout(self.sw.timeout, self.child.wait())
             .await
             .is_err()

@@ -291,13 +291,9 @@ async fn lab_bmc_firmware_bios_storage_and_lan() {
         task.id.starts_with("/redfish/v1/TaskService/Tasks/"),
         "{task:?}"
     );
-    let done = loop {
-        let t = b.task_status(&task.id).await.unwrap();
-        if t.state != TaskState::Running {
-            break t;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let done = bmc::wait_task(&b, &task, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(done.state, TaskState::Completed, "{done:?}");
     assert_eq!(done.percent, Some(100));
     let digest = {
@@ -311,13 +307,9 @@ async fn lab_bmc_firmware_bios_storage_and_lan() {
 
     // A missing image: the task fails with the BMC's message.
     let task = b.firmware_update(&files.url("missing.bin")).await.unwrap();
-    let failed = loop {
-        let t = b.task_status(&task.id).await.unwrap();
-        if t.state != TaskState::Running {
-            break t;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let failed = bmc::wait_task(&b, &task, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(failed.state, TaskState::Failed);
     assert!(
         failed.messages.iter().any(|m| m.contains("404")),
@@ -502,4 +494,41 @@ async fn lab_redfish_power_drives_a_real_qemu_vm() {
     );
     b.power(PowerAction::Off).await.unwrap();
     bmc_support::poll(20, "the VM to exit", || (!qemu_alive(&pid)).then_some(()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_bmc_that_requires_if_match_gets_the_current_etag() {
+    let dir = tempdir();
+    let tls = Tls::mint(dir.path(), "lab");
+    let lab = LabRedfish::start(dir.path(), &tls, PASSWORD, &["--require-if-match"], &[]);
+    let (b, obs) = guarded(&access(&lab.address(), PASSWORD), &ca_config(&tls));
+    b.set_boot(BootOverride {
+        device: BootDevice::Pxe,
+        uefi: true,
+        persistent: true,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        b.boot_override().await.unwrap(),
+        BootOverride {
+            device: BootDevice::Pxe,
+            uefi: true,
+            persistent: true
+        }
+    );
+    let mut set = BTreeMap::new();
+    set.insert("SriovEnable".to_owned(), serde_json::json!("Enabled"));
+    b.set_bios_attributes(set).await.unwrap();
+    assert_eq!(
+        b.bios_attributes().await.unwrap().pending["SriovEnable"],
+        "Enabled"
+    );
+    let log = lab.log();
+    assert!(log.contains("\"PATCH /redfish/v1/Systems/"), "{log}");
+    assert!(
+        log.contains(" 428 "),
+        "the blind PATCH was refused first:\n{log}"
+    );
+    assert!(obs.failures().is_empty(), "{:?}", obs.failures());
 }

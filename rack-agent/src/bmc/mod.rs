@@ -290,6 +290,8 @@ pub enum Operation {
     VirtualMediaEject,
     /// [`Bmc::virtual_media_status`].
     VirtualMediaStatus,
+    /// Opening or closing a Redfish session.
+    Session,
 }
 
 impl fmt::Display for Operation {
@@ -311,6 +313,7 @@ impl fmt::Display for Operation {
             Operation::VirtualMediaInsert => f.write_str("insert virtual media"),
             Operation::VirtualMediaEject => f.write_str("eject virtual media"),
             Operation::VirtualMediaStatus => f.write_str("read virtual media"),
+            Operation::Session => f.write_str("session"),
         }
     }
 }
@@ -630,6 +633,39 @@ pub fn connect_guarded(
         settings.power_wait,
         observer,
     ))
+}
+
+/// Polls a task started by [`Bmc::firmware_update`] until it leaves `Running`, for at most
+/// `bound`; returns its last status (`Completed` or `Failed`, with the BMC's messages).
+///
+/// Cancel-safe: dropping it only stops polling.
+pub async fn wait_task(
+    bmc: &dyn Bmc,
+    task: &TaskStatus,
+    bound: Duration,
+) -> Result<TaskStatus, BmcError> {
+    if task.state != TaskState::Running {
+        return Ok(task.clone());
+    }
+    let start = tokio::time::Instant::now();
+    let mut interval = Duration::from_millis(100);
+    loop {
+        let t = bmc.task_status(&task.id).await?;
+        if t.state != TaskState::Running {
+            return Ok(t);
+        }
+        let elapsed = start.elapsed();
+        if elapsed >= bound {
+            return Err(BmcError::Timeout {
+                address: bmc.address().to_owned(),
+                operation: Operation::TaskStatus,
+                after: bound,
+                message: format!("task {} still running ({}%)", t.id, t.percent.unwrap_or(0)),
+            });
+        }
+        tokio::time::sleep(interval.min(bound - elapsed)).await;
+        interval = (interval * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Polls `bmc` until it reports `want`, for at most `bound` (BMCs such as sushy-tools and many

@@ -26,6 +26,7 @@ they matter (a 307 from /Systems/<name> to /Systems/<uuid>; power changes that l
 The password comes from the VBMC_PASSWORD environment variable (never argv).
 Usage: redfish_bmc.py --port N --cert C --key K [--user admin] [--serial SN]
                       [--power-delay SECS] [--max-sessions N] [--power-hook SCRIPT]
+                      [--require-if-match]   (PATCH needs If-Match with the current ETag)
 """
 
 import argparse
@@ -68,6 +69,10 @@ STATE = {
 DRIVES = {f"Disk.{i}": 960 * 1000**3 for i in range(4)}
 RAID_TYPES = ["RAID0", "RAID1", "RAID10"]
 ARGS = None
+
+
+def etag_of(body):
+    return '"' + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16] + '"'
 
 
 def error(code, message, message_id="Base.1.0.GeneralError"):
@@ -362,7 +367,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return self.reply(200, {"Members": [
                     {"@odata.id": f"/redfish/v1/SessionService/Sessions/{s}"}
                     for s in STATE["sessions"]]}, {})
+            if method == "PATCH" and ARGS.require_if_match:
+                # Like BMCs that refuse blind PATCHes: If-Match must carry the current ETag.
+                cur_status, cur, _ = route("GET", path, None)
+                tag = self.headers.get("If-Match")
+                if tag is None:
+                    return self.reply(*error(428, "If-Match header required",
+                                             "Base.1.0.PreconditionRequired"), {})
+                if cur_status == 200 and tag != etag_of(cur):
+                    return self.reply(*error(412, "ETag does not match",
+                                             "Base.1.0.PreconditionFailed"), {})
             status, out, headers = route(method, path, body)
+            if method == "GET" and status == 200 and out is not None:
+                headers = dict(headers, ETag=etag_of(out))
         self.reply(status, out, headers)
 
     def do_GET(self):
@@ -390,6 +407,7 @@ def main():
     ap.add_argument("--power-delay", type=float, default=0.0)
     ap.add_argument("--max-sessions", type=int, default=4)
     ap.add_argument("--power-hook")
+    ap.add_argument("--require-if-match", action="store_true")
     ARGS = ap.parse_args()
     srv = http.server.ThreadingHTTPServer((ARGS.listen, ARGS.port), Handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -74,7 +74,17 @@ impl std::fmt::Debug for RedfishBmc {
     }
 }
 
-/// What came back from one request.
+/// One HTTP exchange as it came back.
+#[derive(Debug)]
+struct Raw {
+    status: StatusCode,
+    location: Option<String>,
+    etag: Option<String>,
+    final_path: String,
+    body: String,
+}
+
+/// What came back from one successful request.
 #[derive(Debug)]
 struct Reply {
     status: StatusCode,
@@ -156,7 +166,7 @@ impl RedfishBmc {
         let Some(loc) = s.location else {
             return Ok(());
         };
-        let op = Operation::PowerStatus;
+        let op = Operation::Session;
         let url = self.url(op, &loc)?;
         let resp = self
             .client
@@ -198,15 +208,15 @@ impl RedfishBmc {
         Ok(Session { token, location })
     }
 
-    /// One request with auth; a session is (re)opened once on 401.
-    async fn send(
+    /// One request with auth; a session is (re)opened once on 401. No status mapping.
+    async fn exchange(
         &self,
         op: Operation,
-        method: Method,
-        path: &str,
+        method: &Method,
+        url: &Url,
         body: Option<&serde_json::Value>,
-    ) -> Result<Reply, BmcError> {
-        let url = self.url(op, path)?;
+        if_match: Option<&str>,
+    ) -> Result<Raw, BmcError> {
         let mut relogged = false;
         loop {
             let mut req = self
@@ -215,6 +225,9 @@ impl RedfishBmc {
                 .header(reqwest::header::ACCEPT, "application/json");
             if let Some(b) = body {
                 req = req.json(b);
+            }
+            if let Some(tag) = if_match {
+                req = req.header(reqwest::header::IF_MATCH, tag);
             }
             req = match self.auth {
                 RedfishAuth::Basic => req.basic_auth(&self.username, Some(&self.password)),
@@ -239,21 +252,52 @@ impl RedfishBmc {
                 continue;
             }
             let location = header(&resp, "location");
+            let etag = header(&resp, "etag");
             let final_path = resp.url().path().to_owned();
-            let text = resp
+            let body = resp
                 .text()
                 .await
                 .map_err(|e| self.transport_error(op, &e))?;
-            if status.is_success() {
-                return Ok(Reply {
-                    status,
-                    location,
-                    final_path,
-                    body: text,
-                });
-            }
-            return Err(self.status_error(op, status, &text));
+            return Ok(Raw {
+                status,
+                location,
+                etag,
+                final_path,
+                body,
+            });
         }
+    }
+
+    /// One request; a refused precondition (428, or 412 for a stale tag) on a change is
+    /// retried once with `If-Match` set to the resource's current ETag, since some BMCs
+    /// require it on PATCH. Non-2xx answers become errors.
+    async fn send(
+        &self,
+        op: Operation,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Reply, BmcError> {
+        let url = self.url(op, path)?;
+        let mut raw = self.exchange(op, &method, &url, body, None).await?;
+        if method != Method::GET
+            && (raw.status == StatusCode::PRECONDITION_REQUIRED
+                || raw.status == StatusCode::PRECONDITION_FAILED)
+        {
+            let current = self.exchange(op, &Method::GET, &url, None, None).await?;
+            if let Some(tag) = current.etag {
+                raw = self.exchange(op, &method, &url, body, Some(&tag)).await?;
+            }
+        }
+        if raw.status.is_success() {
+            return Ok(Reply {
+                status: raw.status,
+                location: raw.location,
+                final_path: raw.final_path,
+                body: raw.body,
+            });
+        }
+        Err(self.status_error(op, raw.status, &raw.body))
     }
 
     async fn get<T: DeserializeOwned>(&self, op: Operation, path: &str) -> Result<T, BmcError> {

@@ -298,3 +298,58 @@ async fn ipmi_power_drives_a_real_qemu_vm() {
     poll(20, "the VM to exit", || (!alive(&pid)).then_some(()));
     assert_eq!(b.power_status().await.unwrap(), PowerState::Off);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_reach_the_bmc_one_at_a_time() {
+    let dir = tempdir();
+    let sim = IpmiSim::start(dir.path(), &[]);
+    // The wrapper holds a lock directory while ipmitool runs and notes any overlap.
+    let log = dir.path().join("overlap.log");
+    let lock = dir.path().join("ipmitool.lock");
+    let wrapper = dir.path().join("ipmitool-wrapper.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nmkdir '{lock}' 2>/dev/null || echo overlap >> '{log}'\necho run >> '{log}'\nipmitool \"$@\"\nrc=$?\nrmdir '{lock}' 2>/dev/null\nexit $rc\n",
+            lock = lock.display(),
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&wrapper)
+        .status()
+        .unwrap();
+    let cfg = config(
+        &sim.address(),
+        &format!("ipmitool = \"{}\"", wrapper.display()),
+    );
+    let registry = BmcRegistry::default();
+    let obs = Arc::new(CollectingObserver::default());
+    let acc = access(&sim.address(), IPMI_PASSWORD);
+    // Two guards for the same address (two nodes behind one BMC) share the registry's lock.
+    let a = Arc::new(bmc::connect_guarded(&acc, &cfg, &registry, obs.clone()).unwrap());
+    let b = Arc::new(bmc::connect_guarded(&acc, &cfg, &registry, obs.clone()).unwrap());
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let g = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            if i % 3 == 0 {
+                g.fru().await.map(|_| ())
+            } else {
+                g.power_status().await.map(|_| ())
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().filter(|l| *l == "run").count(), 8);
+    assert!(
+        !text.contains("overlap"),
+        "two ipmitool runs overlapped:\n{text}"
+    );
+    assert!(obs.failures().is_empty());
+}

@@ -6,7 +6,19 @@
 //! our own serde models) and the in-memory [`sim::SimBmc`] with fault switches. Callers wrap
 //! any of them in [`guard::GuardedBmc`], which serialises operations per BMC address, retries
 //! transient faults with bounded exponential backoff and reports every failure to a
-//! [`guard::BmcObserver`].
+//! [`guard::BmcObserver`]. The agent's entry point is [`connect_guarded`] with one
+//! [`BmcRegistry`] per agent (its [`guard::BmcStats`] render as Prometheus metrics).
+//!
+//! | operation | IPMI | Redfish | simulator |
+//! |---|---|---|---|
+//! | power status / on / off / cycle / reset / soft off | yes | yes (`ComputerSystem.Reset`) | yes |
+//! | boot override pxe/disk/cdrom/bios, `uefi`, `persistent` | yes (`chassis bootdev`) | yes (`Boot` PATCH) | yes |
+//! | FRU / system serial | `fru print 0` | system `SerialNumber` | yes |
+//! | BMC LAN configuration | `lan print 1` | manager `EthernetInterfaces` | yes |
+//! | firmware update + task polling | Unsupported | `UpdateService.SimpleUpdate` | yes |
+//! | BIOS attributes, pending settings | Unsupported | `Bios`, `Bios/Settings` PATCH | yes |
+//! | storage volumes (RAID) | Unsupported | `Storage`, `Volumes` POST/DELETE | yes |
+//! | virtual media insert/eject | Unsupported | `VirtualMedia` actions | yes |
 //!
 //! Credentials never reach a log line or an argv: IPMI passwords travel in the `IPMI_PASSWORD`
 //! environment variable of the `ipmitool` child, Redfish passwords in the `Authorization`

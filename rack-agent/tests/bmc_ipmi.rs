@@ -353,3 +353,61 @@ async fn concurrent_callers_reach_the_bmc_one_at_a_time() {
     );
     assert!(obs.failures().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_leaves_no_ipmitool_behind() {
+    require("ipmitool", "the ipmitool package");
+    let dir = tempdir();
+    // Nobody answers on this port, so ipmitool would wait for seconds.
+    let address = format!("127.0.0.1:{}", bmc_support::free_udp_port());
+    let pidfile = dir.path().join("ipmitool.pid");
+    let wrapper = dir.path().join("ipmitool-wrapper.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho $$ > '{}'\nexec ipmitool \"$@\"\n",
+            pidfile.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&wrapper)
+        .status()
+        .unwrap();
+    let cfg = config(&address, &format!("ipmitool = \"{}\"", wrapper.display()));
+    let registry = BmcRegistry::default();
+    let obs = Arc::new(CollectingObserver::default());
+    let b = bmc::connect_guarded(&access(&address, IPMI_PASSWORD), &cfg, &registry, obs).unwrap();
+    let call = b.power_status();
+    let pid = {
+        tokio::pin!(call);
+        // Drive the call until ipmitool runs, then drop it (the caller gave up).
+        loop {
+            tokio::select! {
+                r = &mut call => panic!("finished early: {r:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            if let Some(pid) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+            {
+                break pid;
+            }
+        }
+    };
+    let running = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map(|s| {
+                !s.lines()
+                    .any(|l| l.starts_with("State:") && l.contains('Z'))
+            })
+            .unwrap_or(false)
+    };
+    poll(10, "ipmitool to be killed", || {
+        (!running(&pid)).then_some(())
+    });
+    // The address's turn was released with the dropped call.
+    assert!(registry.lock_for(&address).try_lock().is_ok());
+}

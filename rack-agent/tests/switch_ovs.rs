@@ -281,3 +281,29 @@ async fn tcp_connection_answers_echo_keepalives() {
     );
     assert_eq!(drv.read_port(&a.port).await.unwrap(), access(&a.port, 42));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresponsive_ovsdb_times_out_and_the_driver_reconnects() {
+    let ovs = Ovs::start(None);
+    let a = ovs.add_host("10.80.0.1");
+    let drv = switch::connect(&SwitchConfig {
+        name: "tor-frozen".into(),
+        driver: DriverConfig::Ovs {
+            address: OvsAddress::Unix(ovs.sock.clone()),
+            bridge: "br0".into(),
+        },
+        timeout: Duration::from_secs(2),
+    })
+    .unwrap();
+    drv.apply(&[access(&a.port, 10)]).await.unwrap();
+    ovs.freeze_db(true);
+    let err = drv.read_port(&a.port).await.unwrap_err();
+    ovs.freeze_db(false);
+    assert!(
+        matches!(err, SwitchError::Timeout { .. }) && err.is_transient(),
+        "{err}"
+    );
+    // The connection with an unanswered request was dropped; a fresh one is used.
+    drv.apply(&[access(&a.port, 11)]).await.unwrap();
+    assert_eq!(ovs.get(&a.port, "tag"), "11");
+}

@@ -222,3 +222,27 @@ async fn a_change_the_switch_does_not_take_fails_verification() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresponsive_switch_times_out_and_recovers() {
+    let sw = CliSwitch::start(Dialect::Eos, 2);
+    let mut cfg = sw.config(&sw.password_file);
+    cfg.timeout = std::time::Duration::from_secs(2);
+    let drv = switch::connect(&cfg).unwrap();
+    drv.apply(&[access(&sw.ports[0], 10)]).await.unwrap();
+    sw.hang(true);
+    let err = drv.apply(&[access(&sw.ports[0], 20)]).await.unwrap_err();
+    assert!(
+        matches!(err, SwitchError::Timeout { .. }) && err.is_transient(),
+        "{err}"
+    );
+    sw.hang(false);
+    // The stuck session was abandoned; the next call works on the same master connection.
+    drv.apply(&[access(&sw.ports[1], 30)]).await.unwrap();
+    // EOS commits or discards: the timed-out batch either fully landed or not at all.
+    let p0 = drv.read_port(&sw.ports[0]).await.unwrap();
+    assert!(
+        p0 == access(&sw.ports[0], 10) || p0 == access(&sw.ports[0], 20),
+        "{p0:?}"
+    );
+}

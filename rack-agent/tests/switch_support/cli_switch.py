@@ -12,6 +12,7 @@ State is shared by all sessions of one server. Each received line is appended to
 "access:<vlan>" or "down") is applied and removed before each answer: an operator changing
 the switch behind the driver's back. A port named "*-ignore" in --ignore-ports silently keeps
 its state whatever is configured (a switch that accepts config but does not take it).
+While <state-dir>/hang exists, received lines are not answered (an unresponsive switch).
 """
 
 import argparse
@@ -441,6 +442,9 @@ def make_process_handler(sw):
                 line = line.rstrip("\r\n")
                 sw.log(line)
                 sw.behind_back()
+                # An unresponsive switch: while <state-dir>/hang exists, no answers.
+                while os.path.exists(os.path.join(sw.state_dir, "hang")):
+                    await asyncio.sleep(0.05)
                 if line.strip() in ("exit", "logout", "quit") and (
                     (isinstance(sess, IosSession) and sess.mode == "exec")
                     or (isinstance(sess, JunosSession) and not sess.config)

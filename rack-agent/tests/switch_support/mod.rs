@@ -231,6 +231,12 @@ impl Ovs {
         .unwrap()
     }
 
+    /// Stops (`SIGSTOP`) or resumes (`SIGCONT`) the database server: an unresponsive switch.
+    pub fn freeze_db(&self, frozen: bool) {
+        let sig = if frozen { "-STOP" } else { "-CONT" };
+        netns::run(&["kill", sig, &self.db.pid().to_string()]);
+    }
+
     /// The OVSDB server's log (JSON-RPC traffic at debug level).
     pub fn db_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("ovsdb-server.log")).unwrap_or_default()
@@ -282,10 +288,12 @@ impl Host {
         std::fs::write(&script, TAGGED_ARP_PY).unwrap();
         let cap = dir.join(format!("cap-{}-{vlan}.txt", self.port));
         let _ = std::fs::remove_file(&cap);
+        // Other hosts' ARP requests on the VLAN arrive too: look for the reply to ours.
         let filter = format!("vlan {vlan} and arp");
+        let want = format!("Reply {target_ip} is-at");
         let mut dump = self.ns.spawn(
             &[
-                "tcpdump", "-l", "-n", "-e", "-Q", "in", "-c", "1", "-i", "eth0", &filter,
+                "tcpdump", "-l", "-n", "-e", "-Q", "in", "-i", "eth0", &filter,
             ],
             &[],
             &cap,
@@ -306,7 +314,7 @@ impl Host {
             ]);
             for _ in 0..20 {
                 if let Some(line) = netns::read(&cap)
-                    .and_then(|t| t.lines().find(|l| l.contains("Reply")).map(str::to_owned))
+                    .and_then(|t| t.lines().find(|l| l.contains(&want)).map(str::to_owned))
                 {
                     dump.kill();
                     return Some(line);
@@ -448,6 +456,16 @@ impl CliSwitch {
             &self.dir.path().join("behind_back"),
             format!("{port} {mode}\n").as_bytes(),
         );
+    }
+
+    /// Makes the fixture stop answering (`true`) or answer again.
+    pub fn hang(&self, on: bool) {
+        let path = self.dir.path().join("hang");
+        if on {
+            std::fs::write(path, b"").unwrap();
+        } else {
+            std::fs::remove_file(path).unwrap();
+        }
     }
 
     /// Every line the fixture received, in order (its transcript).

@@ -106,6 +106,16 @@ async fn power_boot_fru_and_lan_through_ipmi_sim() {
     .unwrap();
     assert_eq!(sim.state_file("boot").as_deref(), Some("default"));
     assert_eq!(b.boot_override().await.unwrap().device, BootDevice::Disk);
+    for dev in [BootDevice::Cdrom, BootDevice::BiosSetup] {
+        b.set_boot(BootOverride {
+            device: dev,
+            uefi: false,
+            persistent: false,
+        })
+        .await
+        .unwrap();
+        assert_eq!(b.boot_override().await.unwrap().device, dev);
+    }
 
     // FRU: the serial comes from the product area of the FRU image we gave ipmi_sim.
     let fru = b.fru().await.unwrap();

@@ -55,6 +55,7 @@ assets_dir = "$ASSETS"
 EOF
 RUST_LOG=warn "$AGENT" run --config "$T/agent.toml" >"$T/agent.log" 2>&1 &
 pids+=($!)
+AGENT_PID=$!
 
 # One nginx per sendfile setting; everything it writes stays in $T.
 start_nginx() {
@@ -85,9 +86,12 @@ http {
 EOF
     nginx -c "$dir/nginx.conf" -p "$dir" >"$dir/stdout.log" 2>&1 &
     pids+=($!)
+    NGINX_PID=$!
 }
 start_nginx "$NGX_ON" on
+NGX_ON_PID=$NGINX_PID
 start_nginx "$NGX_OFF" off
+NGX_OFF_PID=$NGINX_PID
 
 wait_ready() {
     for _ in $(seq 200); do
@@ -105,11 +109,23 @@ for p in "$OURS" "$NGX_ON" "$NGX_OFF"; do
 done
 
 now() { date +%s.%N; }
+TICK=$(getconf CLK_TCK)
+# CPU seconds (user + system) used so far by process $1 and its children (nginx workers).
+cpu() {
+    local total=0 p
+    for p in "$1" $(pgrep -P "$1" || true); do
+        [ -r "/proc/$p/stat" ] || continue
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    done
+    echo "$total / $TICK" | bc -l
+}
 
-# N concurrent downloads from port $1; prints wall seconds.
+# N concurrent downloads from port $1 (server pid $2); prints wall seconds and the server's
+# CPU seconds.
 concurrent() {
-    local port=$1 cpids=() start end i bad=0
+    local port=$1 spid=$2 cpids=() start end i bad=0 c0 c1
     rm -f "$T"/sz*
+    c0=$(cpu "$spid")
     start=$(now)
     for i in $(seq "$N"); do
         curl -sS -o /dev/null -w '%{size_download}' "http://127.0.0.1:$port/assets/big.img" >"$T/sz$i" &
@@ -117,6 +133,7 @@ concurrent() {
     done
     for p in "${cpids[@]}"; do wait "$p" || bad=$((bad + 1)); done
     end=$(now)
+    c1=$(cpu "$spid")
     for i in $(seq "$N"); do
         [ "$(cat "$T/sz$i")" = "$SIZE" ] || bad=$((bad + 1))
     done
@@ -124,26 +141,38 @@ concurrent() {
         echo "port $port: $bad of $N downloads failed or were short" >&2
         exit 1
     fi
-    echo "$end - $start" | bc -l
+    echo "$(echo "$end - $start" | bc -l) $(echo "$c1 - $c0" | bc -l)"
 }
 
 best() { printf '%s\n' "$@" | sort -g | head -1; }
 mibps() { echo "$N * $SIZE / 1048576 / $1" | bc -l; }
 
-echo "== $N concurrent downloads of a $SIZE_MIB MiB asset over loopback (best of $ROUNDS; $(nproc) cores) =="
-ours=() on=() off=()
+echo "== $N concurrent downloads of a $SIZE_MIB MiB asset over loopback (best of $ROUNDS; $(nproc) cores; load $(cut -d' ' -f1 /proc/loadavg)) =="
+declare -A wall cpus
 for r in $(seq "$ROUNDS"); do
-    ours+=("$(concurrent "$OURS")")
-    on+=("$(concurrent "$NGX_ON")")
-    off+=("$(concurrent "$NGX_OFF")")
-    printf 'round %d: rack-agent %.3f s   nginx sendfile on %.3f s   nginx sendfile off %.3f s\n' \
-        "$r" "${ours[-1]}" "${on[-1]}" "${off[-1]}"
+    line="round $r:"
+    for s in ours:$OURS:$AGENT_PID on:$NGX_ON:$NGX_ON_PID off:$NGX_OFF:$NGX_OFF_PID; do
+        IFS=: read -r name port spid <<<"$s"
+        out=$(concurrent "$port" "$spid")
+        read -r w c <<<"$out"
+        wall[$name]+="$w "
+        cpus[$name]+="$c "
+        line+=$(printf '  %s %.3f s (server CPU %.2f s)' "$name" "$w" "$c")
+    done
+    echo "$line"
 done
-B_OURS=$(best "${ours[@]}")
-B_ON=$(best "${on[@]}")
-B_OFF=$(best "${off[@]}")
-printf 'rack-agent:          %7.3f s  %8.0f MiB/s\n' "$B_OURS" "$(mibps "$B_OURS")"
-printf 'nginx sendfile on:   %7.3f s  %8.0f MiB/s\n' "$B_ON" "$(mibps "$B_ON")"
-printf 'nginx sendfile off:  %7.3f s  %8.0f MiB/s\n' "$B_OFF" "$(mibps "$B_OFF")"
-printf 'ratio rack-agent / nginx (sendfile on):  %.2fx (target >= 0.9x)\n' "$(echo "$B_ON / $B_OURS" | bc -l)"
-printf 'ratio rack-agent / nginx (sendfile off): %.2fx\n' "$(echo "$B_OFF / $B_OURS" | bc -l)"
+declare -A B C
+# shellcheck disable=SC2086
+for name in ours on off; do
+    B[$name]=$(best ${wall[$name]})
+    C[$name]=$(best ${cpus[$name]})
+done
+label() { case $1 in ours) echo "rack-agent";; on) echo "nginx sendfile on";; off) echo "nginx sendfile off";; esac; }
+for name in ours on off; do
+    printf '%-20s best wall %7.3f s  %6.0f MiB/s   least server CPU %6.2f s (%.3f s/GiB)\n' \
+        "$(label $name):" "${B[$name]}" "$(mibps "${B[$name]}")" "${C[$name]}" \
+        "$(echo "${C[$name]} * 1073741824 / ($N * $SIZE)" | bc -l)"
+done
+printf 'throughput ratio rack-agent / nginx (sendfile on):  %.2fx (target >= 0.9x)\n' "$(echo "${B[on]} / ${B[ours]}" | bc -l)"
+printf 'throughput ratio rack-agent / nginx (sendfile off): %.2fx\n' "$(echo "${B[off]} / ${B[ours]}" | bc -l)"
+echo "(wall time includes the $N curl clients on the same cores; server CPU is the server's own user+system time)"

@@ -3,7 +3,7 @@
 //! name; served as streams with `Content-Length`, one `Range`, `ETag` and `Last-Modified`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read as _, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,6 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::StreamExt as _;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -21,10 +22,8 @@ use super::stats::HttpStats;
 use crate::boot::{IPXE_BIOS, IPXE_EFI_ARM64, IPXE_EFI_X64};
 
 /// Read size of the file streamer: large enough that a 64 MiB kernel is 256 reads, small enough
-/// that 64 parallel downloads hold 64 × 4 chunks of memory at most.
+/// that a download holds about two chunks (one being sent, one being read) at a time.
 pub const CHUNK: usize = 256 * 1024;
-/// Chunks buffered between the file reader thread and the connection.
-const CHANNEL_CHUNKS: usize = 4;
 /// Snponly iPXE (UEFI, uses the firmware's network driver), served under its Debian name.
 pub const IPXE_SNPONLY: &str = "snponly.efi";
 
@@ -569,7 +568,7 @@ pub async fn serve_file(
     };
     let file = tokio::fs::File::open(&path).await.map_err(io)?;
     let meta = file.metadata().await.map_err(io)?;
-    let mut file = file.into_std().await;
+    let file = file.into_std().await;
     let len = meta.len();
     let modified = meta.modified().unwrap_or(UNIX_EPOCH);
     let last_modified = http_date(modified);
@@ -635,61 +634,106 @@ pub async fn serve_file(
     if method == Method::HEAD || count == 0 {
         return Ok((status, common, Body::empty()).into_response());
     }
-    if start > 0 {
-        file.seek(SeekFrom::Start(start)).map_err(io)?;
-    }
-    let body = Body::from_stream(file_stream(file, count, stats, path.clone()));
+    let body = Body::from_stream(file_stream(file, start, count, stats, path.clone()));
     Ok((status, common, body).into_response())
 }
 
-/// A stream of `count` bytes of `file` from its current position, read on a blocking thread a
-/// chunk ahead of the connection; it stops when the client goes away.
+/// A stream of `count` bytes of `file` from `start`, read [`CHUNK`] bytes at a time on the
+/// blocking pool, the next chunk while the current one is being sent (disk and socket overlap;
+/// no thread is held while a slow client drains).
+///
+/// Two buffers alternate and are reused once the connection has dropped what it sent from them
+/// (`BytesMut` reclaims a uniquely owned allocation): allocating a fresh 256 KiB buffer per
+/// chunk costs page faults and kernel page clearing on every chunk.
 fn file_stream(
     mut file: std::fs::File,
+    start: u64,
     count: u64,
     stats: Arc<HttpStats>,
     path: PathBuf,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(CHANNEL_CHUNKS);
-    tokio::task::spawn_blocking(move || {
-        let mut left = count;
-        while left > 0 {
-            let want = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
-            let mut buf = BytesMut::zeroed(want);
-            let item = match read_full(&mut file, &mut buf) {
-                Ok(n) if n == want => {
-                    left -= n as u64;
-                    Ok(buf.freeze())
-                }
-                Ok(_) => Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("{} shrank while being sent", path.display()),
-                )),
-                Err(e) => Err(e),
-            };
-            let stop = item.is_err();
-            if let Ok(b) = &item {
-                HttpStats::add(&stats.bytes_sent, b.len() as u64);
-            }
-            if tx.blocking_send(item).is_err() || stop {
+    type Done = (std::fs::File, BytesMut, std::io::Result<Bytes>);
+    struct St {
+        file: Option<std::fs::File>,
+        left: u64,
+        pending: Option<tokio::task::JoinHandle<Done>>,
+        /// The buffer not being read into (the other travels with the read).
+        spare: BytesMut,
+        stats: Arc<HttpStats>,
+        path: PathBuf,
+    }
+    impl St {
+        /// Starts reading the next chunk into `buf`, if any is left. Reads are sequential on
+        /// one file descriptor, so the file travels with the read.
+        fn read_ahead(&mut self, buf: BytesMut) {
+            if self.left == 0 {
                 return;
             }
-        }
-    });
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
-}
-
-fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(buf.get_mut(n..).unwrap_or_default()) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            let Some(file) = self.file.take() else {
+                return;
+            };
+            let len = usize::try_from(self.left.min(CHUNK as u64)).unwrap_or(CHUNK);
+            self.left -= len as u64;
+            self.pending = Some(tokio::task::spawn_blocking(move || {
+                // Reuses the allocation when nothing cut from it is alive any more.
+                let mut vec = Vec::from(buf);
+                vec.clear();
+                vec.reserve_exact(len);
+                // read_to_end fills the spare capacity without zeroing it first.
+                let r = match (&file).take(len as u64).read_to_end(&mut vec) {
+                    Ok(n) if n == len => Ok(()),
+                    Ok(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "file shrank while being sent",
+                    )),
+                    Err(e) => Err(e),
+                };
+                // A fresh Bytes is uniquely owned, so this never copies.
+                let mut buf = Bytes::from(vec)
+                    .try_into_mut()
+                    .unwrap_or_else(|b| BytesMut::from(&b[..]));
+                let chunk = r.map(|()| buf.split().freeze());
+                (file, buf, chunk)
+            }));
         }
     }
-    Ok(n)
+    let seek = if start > 0 {
+        file.seek(SeekFrom::Start(start)).map(|_| ())
+    } else {
+        Ok(())
+    };
+    let mut st = St {
+        file: Some(file),
+        left: count,
+        pending: None,
+        spare: BytesMut::new(),
+        stats,
+        path,
+    };
+    let failed = seek.err();
+    if failed.is_none() {
+        st.read_ahead(BytesMut::new());
+    }
+    let head = futures::stream::iter(failed.map(Err));
+    head.chain(futures::stream::unfold(st, |mut st| async move {
+        let handle = st.pending.take()?;
+        let item = match handle.await {
+            Ok((file, buf, Ok(chunk))) => {
+                HttpStats::add(&st.stats.bytes_sent, chunk.len() as u64);
+                st.file = Some(file);
+                // The chunk just read is sent from `buf`; the next read goes into the other.
+                let next = std::mem::replace(&mut st.spare, buf);
+                st.read_ahead(next);
+                Ok(chunk)
+            }
+            Ok((_, _, Err(e))) => Err(std::io::Error::new(
+                e.kind(),
+                format!("reading {}: {e}", st.path.display()),
+            )),
+            Err(_) => Err(std::io::Error::other("file reader task failed")),
+        };
+        Some((item, st))
+    }))
 }
 
 #[cfg(test)]

@@ -107,6 +107,7 @@ fn nodes() -> Vec<RackNode> {
 /// A server on 127.0.0.1:0 with its fixtures; cancelled on drop.
 struct Harness {
     addr: SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
     https: Option<SocketAddr>,
     actions: NodeActions,
     sink: Arc<CollectingSink>,
@@ -150,8 +151,9 @@ impl Harness {
         deps.ipxe_dir = ipxe;
         let server = HttpServer::bind(&config, &deps).await.unwrap();
         let cancel = CancellationToken::new();
-        let h = Harness {
+        let mut h = Harness {
             addr: server.local_addr(),
+            task: None,
             https: server.https_addr(),
             actions: server.node_actions(),
             sink,
@@ -159,7 +161,7 @@ impl Harness {
             cancel: cancel.clone(),
             _dir: dir,
         };
-        tokio::spawn(server.run(cancel));
+        h.task = Some(tokio::spawn(server.run(cancel)));
         h
     }
 
@@ -741,10 +743,54 @@ async fn autoinstall_templates_render_per_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_fails_on_a_port_in_use_and_run_stops_on_cancel() {
+    let mut h = Harness::start("").await;
+    // A second server on the same address fails at bind, naming the address.
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ConfigCtx {
+        base_dir: dir.path().to_owned(),
+        data_dir: dir.path().to_owned(),
+    };
+    let config = HttpConfig::from_toml(
+        toml::from_str(&format!("listen = \"{}\"", h.addr)).unwrap(),
+        &ctx,
+    )
+    .unwrap();
+    let deps = BootDeps::fixture(
+        Arc::new(FixtureBackend::default()),
+        Arc::new(CollectingSink::default()),
+        dir.path().to_owned(),
+    );
+    let err = HttpServer::bind(&config, &deps).await.unwrap_err();
+    assert!(err.to_string().contains(&h.addr.to_string()), "{err}");
+
+    // A long poll in flight when the server is cancelled is answered (204) and run returns.
+    let url = h.url(&format!("/node/v1/next?mac={}&wait=60", mac(1)));
+    let poll = tokio::spawn(async move { curl(&[&url]).await });
+    let actions = h.actions.clone();
+    until("the long poll to wait", || actions.waiters() > 0).await;
+    h.cancel.cancel();
+    assert_eq!(poll.await.unwrap().status, 204);
+    h.task.take().unwrap().await.unwrap();
+    // Nothing listens any more.
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", &h.url("/healthz")])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_healthz() {
     let h = Harness::start("").await;
     let _ = curl(&[&h.url(&format!("/ipxe/{}", mac(2)))]).await;
     let _ = curl(&[&h.url("/nowhere")]).await;
+    // Undecodable paths are refused and counted, not a panic.
+    let r = curl(&[&h.url("/assets/%ff%fe")]).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["code"], "bad_request");
     assert_eq!(curl(&[&h.url("/healthz")]).await.text(), "ok\n");
     let m = curl(&[&h.url("/metrics")]).await;
     assert_eq!(m.status, 200);
@@ -754,6 +800,7 @@ async fn metrics_and_healthz() {
         "metalfleet_http_requests_total{route=\"other\",status=\"404\"} 1",
         "metalfleet_http_scripts_total{target=\"local\"} 1",
         "metalfleet_http_rejected_total{reason=\"no_route\"} 1",
+        "metalfleet_http_rejected_total{reason=\"bad_path\"} 1",
         "# TYPE metalfleet_http_bytes_sent_total counter",
     ] {
         assert!(t.contains(want), "missing {want:?} in\n{t}");

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
@@ -583,11 +583,24 @@ async fn ipxe_query(
 async fn ipxe_path(
     State(st): State<Arc<AppState>>,
     Extension(info): Extension<ConnInfo>,
-    Path(mac): Path<String>,
+    mac: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
-    script(&st, &info, &mac, &headers, &uri)
+    match mac {
+        Ok(Path(mac)) => script(&st, &info, &mac, &headers, &uri),
+        Err(e) => bad_path(&st, &info, e),
+    }
+}
+
+/// A path that does not decode (bad percent-encoding, not UTF-8).
+fn bad_path(st: &AppState, info: &ConnInfo, e: PathRejection) -> Response {
+    refuse(
+        st,
+        info,
+        "bad_path",
+        ErrorBody::new(ErrorCode::BadRequest, e.body_text()),
+    )
 }
 
 fn script(
@@ -629,10 +642,14 @@ fn script(
 async fn asset(
     State(st): State<Arc<AppState>>,
     Extension(info): Extension<ConnInfo>,
-    Path(path): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     method: Method,
     headers: HeaderMap,
 ) -> Response {
+    let path = match path {
+        Ok(Path(p)) => p,
+        Err(e) => return bad_path(&st, &info, e),
+    };
     let result = match st.assets.resolve(&path).await {
         Ok(r) => assets::serve_file(&r, &method, &headers, st.stats.clone()).await,
         Err(e) => Err(e),
@@ -803,10 +820,14 @@ async fn results(
 async fn autoinstall(
     State(st): State<Arc<AppState>>,
     Extension(info): Extension<ConnInfo>,
-    Path(mac): Path<String>,
+    mac: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Response {
+    let mac = match mac {
+        Ok(Path(m)) => m,
+        Err(e) => return bad_path(&st, &info, e),
+    };
     let mac = match parse_mac(&mac, "mac") {
         Ok(m) => m,
         Err(e) => return refuse(&st, &info, "bad_mac", e),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use protocol::RackId;
 
+use crate::bmc::BmcConfig;
 use crate::boot::dhcp::DhcpConfig;
 use crate::boot::http::HttpConfig;
 use crate::boot::tftp::TftpConfig;
@@ -63,6 +64,7 @@ struct RawConfig {
     dhcp: Option<toml::Table>,
     tftp: Option<toml::Table>,
     http: Option<toml::Table>,
+    bmc: Option<toml::Table>,
 }
 
 /// Validated agent configuration.
@@ -94,6 +96,8 @@ pub struct Config {
     pub tftp: Option<TftpConfig>,
     /// The HTTP boot server (`[http]`): iPXE scripts, assets, node API; off when absent.
     pub http: Option<HttpConfig>,
+    /// How BMCs are driven (`[bmc]`): cipher suites, TLS verification, timeouts, retries.
+    pub bmc: BmcConfig,
 }
 
 impl Config {
@@ -218,6 +222,12 @@ impl Config {
             .map(|t| HttpConfig::from_toml(t, &ctx))
             .transpose()
             .map_err(|e| section("http", e))?;
+        let bmc = raw
+            .bmc
+            .map(|t| BmcConfig::from_toml(t, &ctx))
+            .transpose()
+            .map_err(|e| section("bmc", e))?
+            .unwrap_or_default();
         let ipxe_dir = raw
             .ipxe_dir
             .map(resolve)
@@ -236,6 +246,7 @@ impl Config {
             dhcp,
             tftp,
             http,
+            bmc,
         })
     }
 

@@ -1,0 +1,256 @@
+#!/usr/bin/env bash
+# The Ansible end-to-end scenario (driven by tests/tests/ansible.rs, which owns DIR and tears
+# the lab down with `netlab.sh down DIR` whatever happens here):
+#
+#  1. a lab of 5 hosts (network namespaces with sshd): c1..c3 coordinators, r1 r2 rack agents
+#  2. playbooks/site.yml deploys them from the built binaries (stripped copies in
+#     DIR/artifacts/v1): init, join, add-learner, promote, rack creation, enrollment,
+#     metalfleet-supervise services (no systemd here)
+#  3. site.yml again: every host reports changed=0
+#  4. playbooks/upgrade.yml to different binaries (DIR/artifacts/v2: v1 plus a trailer) while
+#     a background poller GETs /v1/cluster from every coordinator: every round must get an
+#     answer from at least two of the three (only one is ever down), and afterwards every
+#     running coordinator and agent process runs the v2 binary
+#  5. tests/ansible/fleet.yml drives the API with the collection's modules (site, rack,
+#     project, inventory_import, node; check mode, idempotence), agents check nodes in
+#  6. the inventory plugin lists those nodes grouped by site, rack, project, state and tag
+#
+#   scenario.sh DIR BIN_DIR     BIN_DIR holds coordinator, metalctl and rack-agent
+set -euo pipefail
+[ $# -eq 2 ] || { echo "usage: $0 DIR BIN_DIR" >&2; exit 2; }
+DIR=$(cd "$1" && pwd)
+BIN=$2
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+step() { echo; echo "=== $(date +%T) $*"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+for cmd in ansible-playbook ansible-inventory ssh ssh-keygen curl strip; do
+  command -v "$cmd" >/dev/null || fail "$cmd not found: run scripts/ansible-deps.sh (ansible-core, openssh-client, curl, binutils)"
+done
+[ -x /usr/sbin/sshd ] || fail "/usr/sbin/sshd not found: apt-get install openssh-server (scripts/ansible-deps.sh)"
+
+step "lab: 5 namespaces with sshd"
+"$HERE/netlab.sh" up "$DIR" c1 c2 c3 r1 r2
+# shellcheck source=/dev/null
+. "$DIR/lab.env"
+
+step "artifacts: v1 = stripped build, v2 = v1 with a trailer (a different binary)"
+mkdir -p "$DIR/artifacts/v1" "$DIR/artifacts/v2"
+for b in coordinator metalctl rack-agent; do
+  [ -x "$BIN/$b" ] || fail "$BIN/$b missing"
+  strip -o "$DIR/artifacts/v1/$b" "$BIN/$b"
+  cp "$DIR/artifacts/v1/$b" "$DIR/artifacts/v2/$b"
+  printf '\nmetalfleet-upgrade-test-v2\n' >>"$DIR/artifacts/v2/$b"
+done
+
+mkdir -p "$DIR/collections/ansible_collections/metalfleet"
+ln -sfn "$ROOT/ansible" "$DIR/collections/ansible_collections/metalfleet/metalfleet"
+cat >"$DIR/ansible.cfg" <<CFG
+[defaults]
+collections_path = $DIR/collections
+inventory = $DIR/inventory.yml
+host_key_checking = False
+retry_files_enabled = False
+forks = 10
+timeout = 30
+local_tmp = $DIR/ansible-tmp
+callback_plugins = $HERE/callback_plugins
+callbacks_enabled = task_timing
+remote_tmp = /tmp/.ansible-\${USER}/tmp
+[ssh_connection]
+pipelining = True
+control_path_dir = $DIR/cp
+ssh_args = -o ControlMaster=auto -o ControlPersist=120s -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o IdentitiesOnly=yes -o LogLevel=ERROR
+CFG
+export ANSIBLE_CONFIG="$DIR/ansible.cfg"
+prefix() { echo "$DIR/hosts/$1"; }
+cat >"$DIR/inventory.yml" <<INV
+all:
+  vars:
+    ansible_user: root
+    ansible_ssh_private_key_file: $DIR/ssh/id_ed25519
+    # Interpreter discovery picks a broken pyenv shim on these machines (LAB-NOTES).
+    ansible_python_interpreter: /usr/bin/python3
+    metalfleet_artifacts_dir: $DIR/artifacts/v1
+    metalfleet_site: lab1
+  children:
+    coordinators:
+      hosts:
+        c1: {ansible_host: $C1_ADDR, coordinator_id: 1, metalfleet_prefix: $(prefix c1)}
+        c2: {ansible_host: $C2_ADDR, coordinator_id: 2, metalfleet_prefix: $(prefix c2)}
+        c3: {ansible_host: $C3_ADDR, coordinator_id: 3, metalfleet_prefix: $(prefix c3)}
+    rack_agents:
+      hosts:
+        r1:
+          ansible_host: $R1_ADDR
+          metalfleet_prefix: $(prefix r1)
+          metalfleet_rack: lab1-r01
+          metalfleet_switch: {name: lab1-r01-tor, address: 10.213.0.2, driver: simulator}
+          metalfleet_bmc_network: 10.99.1.0/24
+          # This rack's PXE subnet on the host's interface, with TFTP and HTTP boot.
+          metalfleet_subnets:
+            - network: ${R1_ADDR%.*}.0/24
+              interface: eth0
+              server_ip: $R1_ADDR
+              router: $BRIDGE_ADDR
+              pools: [${R1_ADDR%.*}.100-${R1_ADDR%.*}.150]
+              discovery: true
+          rack_agent_tftp: {listen: "$R1_ADDR:69"}
+          rack_agent_http: {listen: "$R1_ADDR:8080"}
+        r2:
+          ansible_host: $R2_ADDR
+          metalfleet_prefix: $(prefix r2)
+          metalfleet_rack: lab1-r02
+          metalfleet_bmc_network: 10.99.2.0/24
+    controller:
+      hosts:
+        localhost:
+          ansible_connection: local
+          ansible_python_interpreter: "{{ ansible_playbook_python }}"
+INV
+echo "inventory: $DIR/inventory.yml"
+
+recap_changed() { # log -> "host changed" lines from PLAY RECAP
+  sed -n '/PLAY RECAP/,$p' "$1" | awk '/ok=/{for(i=1;i<=NF;i++) if ($i ~ /^changed=/) {split($i,a,"="); print $1, a[2]}}'
+}
+
+run_play() { # LOG ARGS...: ansible-playbook, its recap printed, its tail on failure
+  local log=$1; shift
+  if ! ansible-playbook "$@" >"$log" 2>&1; then
+    tail -n 120 "$log"
+    fail "ansible-playbook $* failed (log $log)"
+  fi
+  sed -n '/PLAY RECAP/,$p' "$log"
+}
+
+step "site.yml: deploy 3 coordinators and 2 rack agents"
+run_play "$DIR/site1.log" metalfleet.metalfleet.site
+
+step "site.yml again: nothing changes"
+run_play "$DIR/site2.log" metalfleet.metalfleet.site
+changed=$(recap_changed "$DIR/site2.log" | awk '$2 != 0')
+[ -z "$changed" ] || fail "second site.yml run changed something: $changed (log $DIR/site2.log)"
+[ "$(recap_changed "$DIR/site2.log" | wc -l)" -eq 5 ] || fail "recap of the second run lists $(recap_changed "$DIR/site2.log" | wc -l) hosts, want 5"
+echo "second run: changed=0 on all 5 hosts"
+
+CA="$DIR/hosts/c1/etc/metalfleet/ca.crt"
+TOKEN_FILE="$DIR/hosts/c1/etc/metalfleet/admin.token"
+[ -s "$TOKEN_FILE" ] || fail "no admin token at $TOKEN_FILE"
+
+step "upgrade.yml to the v2 binaries while GET /v1/cluster is polled on every coordinator"
+# One round = GET /v1/cluster on each of the three coordinators. A round fails when fewer
+# than two answer 200: the upgrade restarts one coordinator at a time, so two must serve.
+poll_cluster() {
+  local round=0 ok addr
+  while [ ! -e "$DIR/poll.stop" ]; do
+    round=$((round + 1)); ok=0
+    for addr in "$C1_ADDR" "$C2_ADDR" "$C3_ADDR"; do
+      if curl -sf --max-time 5 --cacert "$CA" -H "Authorization: Bearer $(cat "$TOKEN_FILE")" \
+        -o /dev/null "https://$addr:7443/v1/cluster"; then ok=$((ok + 1)); fi
+    done
+    echo "$round $ok"
+  done
+}
+poll_cluster >"$DIR/poll.log" 2>&1 &
+POLLER=$!
+trap 'kill $POLLER 2>/dev/null || true' EXIT
+run_play "$DIR/upgrade.log" metalfleet.metalfleet.upgrade -e "metalfleet_artifacts_dir=$DIR/artifacts/v2"
+touch "$DIR/poll.stop"
+wait "$POLLER"
+trap - EXIT
+rounds=$(wc -l <"$DIR/poll.log")
+short=$(awk '$2 < 2' "$DIR/poll.log" | wc -l)
+partial=$(awk '$2 == 2' "$DIR/poll.log" | wc -l)
+echo "poller: $rounds rounds, $partial with one coordinator down, $short with fewer than two answers"
+[ "$rounds" -ge 10 ] || fail "the poller ran only $rounds rounds"
+[ "$short" -eq 0 ] || fail "GET /v1/cluster had fewer than two answers in $short rounds: $(awk '$2 < 2' "$DIR/poll.log" | head -5 | tr '\n' ' ')"
+[ "$partial" -ge 1 ] || fail "no round saw a coordinator down: did the upgrade restart anything?"
+for h in c1:coordinator c2:coordinator c3:coordinator r1:rack-agent r2:rack-agent; do
+  host=${h%%:*} svc=${h##*:}
+  pid=$(cat "$DIR/hosts/$host/run/metalfleet/$svc.pid")
+  want=$(sha1sum <"$DIR/artifacts/v2/$svc" | cut -d' ' -f1)
+  have=$(sha1sum <"/proc/$pid/exe" | cut -d' ' -f1)
+  [ "$want" = "$have" ] || fail "$host runs $svc pid $pid with sha1 $have, want the v2 binary $want"
+done
+echo "all 5 services run the v2 binaries"
+cluster=$(curl -sf --cacert "$CA" -H "Authorization: Bearer $(cat "$TOKEN_FILE")" "https://$C1_ADDR:7443/v1/cluster")
+voters=$(echo "$cluster" | python3 -c 'import json,sys; c=json.load(sys.stdin); print(sum(1 for m in c["members"] if m["kind"]=="voter"), c["leader"] is not None)')
+[ "$voters" = "3 True" ] || fail "after the upgrade: voters/leader = $voters: $cluster"
+
+step "upgrade.yml again: nothing to upgrade"
+run_play "$DIR/upgrade2.log" metalfleet.metalfleet.upgrade -e "metalfleet_artifacts_dir=$DIR/artifacts/v2"
+changed=$(recap_changed "$DIR/upgrade2.log" | awk '$2 != 0')
+[ -z "$changed" ] || fail "a second upgrade run changed something: $changed"
+
+step "modules: site, project, inventory_import, node (check mode, idempotence)"
+cat >"$DIR/fleet-vars.yml" <<VARS
+lab_api_urls: ["https://$C1_ADDR:7443", "https://$C2_ADDR:7443", "https://$C3_ADDR:7443"]
+lab_token_file: $TOKEN_FILE
+lab_ca_cert: $CA
+VARS
+run_play "$DIR/fleet.log" "$HERE/fleet.yml" -e "@$DIR/fleet-vars.yml"
+
+step "inventory plugin: the nodes the coordinators know"
+cat >"$DIR/lab.metalfleet.yml" <<PLUGIN
+plugin: metalfleet.metalfleet.nodes
+api_url: ["https://$C2_ADDR:7443", "https://$C1_ADDR:7443"]
+api_token_file: $TOKEN_FILE
+ca_cert: $CA
+keyed_groups:
+  - key: metalfleet_facts.cpu_model | default('none')
+    prefix: cpu
+PLUGIN
+ansible-inventory -i "$DIR/lab.metalfleet.yml" --list >"$DIR/inventory-list.json" 2>"$DIR/inventory-list.err" \
+  || { cat "$DIR/inventory-list.err"; fail "ansible-inventory failed"; }
+python3 - "$DIR/inventory-list.json" <<'PY'
+import json, sys
+def plain(v):
+    # ansible-core 2.19 marks strings from inventory plugins untrusted (never templated):
+    # `--list` shows them as {"__ansible_unsafe": value}.
+    if isinstance(v, dict):
+        if set(v) == {'__ansible_unsafe'}:
+            return v['__ansible_unsafe']
+        return dict((k, plain(x)) for k, x in v.items())
+    if isinstance(v, list):
+        return [plain(x) for x in v]
+    return v
+inv = plain(json.load(open(sys.argv[1])))
+def hosts(group):
+    return sorted(inv.get(group, {}).get('hosts', []))
+hv = inv['_meta']['hostvars']
+want = {
+    'metalfleet': ['LAB1R01-000001', 'LAB1R01-000002', 'LAB1R01-000003', 'LAB1R02-000001'],
+    'site_lab1': ['LAB1R01-000001', 'LAB1R01-000002', 'LAB1R01-000003', 'LAB1R02-000001'],
+    'rack_lab1_r01': ['LAB1R01-000001', 'LAB1R01-000002', 'LAB1R01-000003'],
+    'rack_lab1_r02': ['LAB1R02-000001'],
+    'project_web': ['LAB1R01-000001'],
+    'state_commissioning': ['LAB1R01-000001'],
+    'state_discovered': ['LAB1R01-000002', 'LAB1R01-000003', 'LAB1R02-000001'],
+    'tag_gpu': ['LAB1R01-000001'],
+    'tag_lab': ['LAB1R01-000001'],
+    'tag_storage': ['LAB1R02-000001'],
+    'cpu_lab_cpu': ['LAB1R02-000001'],
+}
+bad = ['%s: %s, want %s' % (g, hosts(g), w) for g, w in want.items() if hosts(g) != w]
+n1 = hv.get('LAB1R01-000001', {})
+checks = {
+    'ansible_host': '10.50.1.11',
+    'metalfleet_serial': 'LAB1R01-000001',
+    'metalfleet_site': 'lab1',
+    'metalfleet_rack': 'lab1-r01',
+    'metalfleet_project': 'web',
+    'metalfleet_bmc_address': '10.99.1.11',
+    'metalfleet_addresses': ['10.50.1.11'],
+    'metalfleet_macs': ['52:54:00:00:00:01'],
+}
+bad += ['LAB1R01-000001 %s = %r, want %r' % (k, n1.get(k), v) for k, v in checks.items() if n1.get(k) != v]
+if hv.get('LAB1R02-000001', {}).get('metalfleet_facts', {}).get('cpu_model') != 'lab-cpu':
+    bad.append('LAB1R02-000001 facts: %r' % hv.get('LAB1R02-000001', {}).get('metalfleet_facts'))
+if bad:
+    print('inventory plugin output is wrong:\n  ' + '\n  '.join(bad))
+    sys.exit(1)
+print('inventory plugin: %d nodes in %d groups' % (len(want['metalfleet']), len([g for g in inv if g != '_meta'])))
+PY
+
+step "done"

@@ -53,6 +53,8 @@ async fn access_vlans_retagging_trunks_and_nothing_with_traffic() {
     let c = ovs.add_host("10.77.0.3");
     let d = ovs.add_host("10.77.0.4");
     let e = ovs.add_host("10.77.0.5");
+    // Left as OVS creates it: a trunk of every VLAN.
+    let f = ovs.add_host("10.77.0.6");
     let drv = ovs.driver();
 
     // Every port of the bridge is seen; fresh OVS ports trunk every VLAN (reported as such).
@@ -95,8 +97,8 @@ async fn access_vlans_retagging_trunks_and_nothing_with_traffic() {
     c.cannot_reach(&d.ip);
 
     // d becomes a trunk of 10 and 20: a tagged ARP on each VLAN is answered tagged with the
-    // same VLAN (raw 802.1Q frames: the kernel here has no 802.1Q module); VLAN 30 is not
-    // carried, and untagged traffic is dropped (no native VLAN).
+    // same VLAN (raw 802.1Q frames: the kernel here has no 802.1Q module), and untagged
+    // traffic is dropped (no native VLAN).
     let got = drv.apply(&[trunk(&d.port, None, "10,20")]).await.unwrap();
     assert_eq!(got, [trunk(&d.port, None, "10,20")]);
     assert_eq!(ovs.get(&d.port, "trunks"), "[10, 20]");
@@ -116,6 +118,10 @@ async fn access_vlans_retagging_trunks_and_nothing_with_traffic() {
         "{on20}"
     );
     d.cannot_reach(&e.ip);
+    // Narrowed to VLAN 20: VLAN 10 is no longer carried.
+    drv.apply(&[trunk(&d.port, None, "20")]).await.unwrap();
+    assert_eq!(d.tagged_arp(dir, 10, &a.ip, 4), None);
+    assert!(d.tagged_arp(dir, 20, &e.ip, 20).is_some());
     // A native VLAN: untagged traffic of d joins VLAN 20, tagged VLAN 10 still works.
     drv.apply(&[trunk(&d.port, Some(20), "10,20")])
         .await
@@ -135,10 +141,32 @@ async fn access_vlans_retagging_trunks_and_nothing_with_traffic() {
         .unwrap();
     assert!(got.iter().all(|p| p.mode == PortMode::Unconfigured));
     assert_eq!(ovs.get(&a.port, "protected"), "true");
+    // Not even a port OVS trunks every VLAN on (f, never configured) sees a frame from a:
+    // untagged frames are dropped where they enter (tag=4095 alone would leak here).
+    let a_mac = a.mac();
+    let seen = dir.join("f-sees-a.txt");
+    let mut dump = f.ns.spawn(
+        &[
+            "tcpdump", "-l", "-n", "-e", "-i", "eth0", "ether", "src", &a_mac,
+        ],
+        &[],
+        &seen,
+    );
+    netns::poll(10, "tcpdump on f", || {
+        netns::read(&seen)
+            .filter(|t| t.contains("listening on"))
+            .map(|_| ())
+    });
     a.cannot_reach(&b.ip);
     a.cannot_reach(&c.ip);
     a.cannot_reach(&d.ip);
     b.cannot_reach(&c.ip);
+    dump.kill();
+    let text = netns::read(&seen).unwrap_or_default();
+    assert!(
+        !text.lines().any(|l| l.contains(&a_mac)),
+        "a's frames reached the all-VLAN trunk: {text}"
+    );
     // ... and back: a joins VLAN 10 again.
     drv.apply(&[access(&a.port, 10)]).await.unwrap();
     a.reaches(&c.ip);

@@ -19,6 +19,10 @@
 //! tags its frames 4095 towards a port configured outside the driver as an all-VLAN trunk
 //! (empty `trunks`): give uplinks explicit `trunks`.
 //!
+//! `apply` returns once `ovs-vswitchd` has applied the transaction (its `cur_cfg` reached the
+//! `next_cfg` the transaction bumped, as `ovs-vsctl` waits), not merely when the database
+//! holds it.
+//!
 //! One connection per switch, opened on first use and reopened after an error. A reader task
 //! answers the server's `echo` keepalives (RFC 7047 §4.1.11) even while no call is in flight,
 //! and matches responses to requests by id, so calls from several tasks can overlap.
@@ -391,6 +395,34 @@ impl OvsSwitch {
         Ok(out)
     }
 
+    /// Waits until ovs-vswitchd has applied configuration `next_cfg` to the datapath
+    /// (`cur_cfg` reached it): without this, `apply` would return while traffic still follows
+    /// the old VLANs. A server-side `wait` (RFC 7047 §5.2.6) blocks instead of polling.
+    async fn wait_applied(&self, next_cfg: i64) -> Result<(), SwitchError> {
+        // Below our own call timeout so the server's "timed out" answer arrives first.
+        let wait_ms = self.timeout_ms().saturating_mul(3) / 4;
+        let result = self
+            .transact(vec![
+                json!({"op": "wait", "timeout": wait_ms, "table": "Open_vSwitch",
+                                  "where": [["cur_cfg", ">=", next_cfg]], "columns": ["cur_cfg"],
+                                  "until": "!=", "rows": []}),
+            ])
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(SwitchError::Rejected { message, .. }) if message.starts_with("timed out") => {
+                Err(SwitchError::Timeout {
+                    switch: self.name.clone(),
+                    what: format!(
+                        "ovs-vswitchd to apply configuration {next_cfg} (is it running?)"
+                    ),
+                    timeout_ms: wait_ms,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn config_of(&self, row: &PortRow) -> Result<PortConfig, SwitchError> {
         match &row.mode {
             Ok(m) => Ok(PortConfig::new(row.name.clone(), m.clone())),
@@ -585,7 +617,21 @@ impl SwitchDriver for OvsSwitch {
                                 "where": [["_uuid", "==", ["uuid", u]]],
                                 "row": encode_mode(&c.mode)}));
             }
+            // Ask ovs-vswitchd to acknowledge this configuration (as ovs-vsctl does): bump
+            // next_cfg in the same transaction; it copies the value to cur_cfg once the
+            // bridge has been reconfigured.
+            ops.push(json!({"op": "mutate", "table": "Open_vSwitch", "where": [],
+                            "mutations": [["next_cfg", "+=", 1]]}));
+            ops.push(json!({"op": "select", "table": "Open_vSwitch", "where": [],
+                            "columns": ["next_cfg"]}));
             let results = self.transact(ops).await?;
+            let next_cfg = results
+                .get(changes.len() + 3)
+                .and_then(|r| r.get("rows"))
+                .and_then(|rows| rows.get(0))
+                .and_then(|row| row.get("next_cfg"))
+                .and_then(Value::as_i64)
+                .ok_or_else(|| self.protocol("no next_cfg in the Open_vSwitch table"))?;
             for (i, c) in changes.iter().enumerate() {
                 let count = results
                     .get(i + 2)
@@ -598,6 +644,7 @@ impl SwitchDriver for OvsSwitch {
                     )));
                 }
             }
+            self.wait_applied(next_cfg).await?;
             let after = self.bridge_ports(None).await?;
             let mut found = Vec::with_capacity(changes.len());
             for c in changes {

@@ -250,6 +250,12 @@ pub fn free_port() -> u16 {
 }
 
 impl Host {
+    /// The MAC address of `eth0`.
+    pub fn mac(&self) -> String {
+        let out = self.ns.exec(&["cat", "/sys/class/net/eth0/address"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// Whether one ping to `ip` is answered within a second.
     pub fn ping_once(&self, ip: &str) -> bool {
         self.ns

@@ -516,7 +516,10 @@ fn real_clients_get_reservations_and_boot_files() {
             .any(|(_, d)| d == "dhcp: discovery: bios pxe -> tftp undionly.kpxe"),
         "{boots:?}"
     );
-    assert!(server.metric("metalfleet_dhcp_sent_total{type=\"ack\"} ") >= 8);
+    // The child writes its metrics every 50 ms: poll rather than race the writer.
+    poll(10, "the ACK counter", || {
+        (server.metric("metalfleet_dhcp_sent_total{type=\"ack\"} ") >= 8).then_some(())
+    });
 }
 
 /// A client two hops away behind ISC dhcrelay is served from the relayed subnet (matched by
@@ -594,7 +597,10 @@ fn client_behind_dhcrelay_is_served_from_the_relayed_subnet() {
         Some("ipxe.efi"),
         "{u:?}"
     );
-    assert!(server.metric("metalfleet_dhcp_sent_total{type=\"ack\"} ") >= 1);
+    // The child writes its metrics every 50 ms: poll rather than race the writer.
+    poll(10, "the ACK counter", || {
+        (server.metric("metalfleet_dhcp_sent_total{type=\"ack\"} ") >= 1).then_some(())
+    });
     lab.clients.push(client);
     lab.clients.push(relay);
 }

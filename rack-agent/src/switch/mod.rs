@@ -312,7 +312,8 @@ impl SwitchError {
 }
 
 /// A switch the agent configures ports on. Implementations are shared (`Arc<dyn>`) between
-/// tasks; each call is independent and batches on one switch are serialised by the driver.
+/// tasks; each call is independent and `apply` calls on one driver are serialised, so a
+/// batch's read-back never sees another batch of ours half-way.
 ///
 /// Cancel safety: `read_port` and `read_ports` are cancel-safe (dropping them changes
 /// nothing). `apply` is NOT cancel-safe: dropping it after the batch reached the switch may

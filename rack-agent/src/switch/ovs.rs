@@ -190,6 +190,8 @@ pub struct OvsSwitch {
     timeout: Duration,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     next_id: AtomicU64,
+    /// Serialises `apply` so one batch's read-back never sees another batch's writes.
+    applying: tokio::sync::Mutex<()>,
 }
 
 /// A `Port` row as read.
@@ -210,6 +212,7 @@ impl OvsSwitch {
             timeout,
             conn: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(1),
+            applying: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -590,6 +593,7 @@ impl SwitchDriver for OvsSwitch {
             if changes.is_empty() {
                 return Ok(Vec::new());
             }
+            let _one_batch_at_a_time = self.applying.lock().await;
             // Resolve names to row UUIDs on this bridge; updating by UUID (guarded by the
             // wait below) cannot touch a same-named port someone re-created elsewhere.
             let before = self.bridge_ports(None).await?;

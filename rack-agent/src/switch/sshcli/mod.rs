@@ -219,7 +219,15 @@ impl SshCliSwitch {
         .map_err(io("writing the askpass helper"))?;
         write_private(
             &dir.0.join("known_hosts"),
-            &format!("{HOST_ALIAS} {}\n", cfg.known_host_key.trim()),
+            // Only "<type> <base64>": nothing else from the config reaches known_hosts.
+            &format!(
+                "{HOST_ALIAS} {}\n",
+                cfg.known_host_key
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
             0o600,
         )
         .map_err(io("writing known_hosts"))?;
@@ -269,6 +277,8 @@ impl SshCliSwitch {
             .arg(self.cfg.port.to_string())
             .arg("-l")
             .arg(&self.cfg.username)
+            // Whatever the host string holds, it is never parsed as an option.
+            .arg("--")
             .arg(&self.cfg.host);
         c.env("SSH_ASKPASS", self.dir.0.join("askpass"))
             .env("SSH_ASKPASS_REQUIRE", "force")

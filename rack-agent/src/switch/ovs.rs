@@ -726,6 +726,31 @@ mod tests {
         .is_err());
     }
 
+    #[tokio::test]
+    async fn framing_across_reads_and_echo_while_idle() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, mut server) = tokio::io::duplex(64);
+        let conn = Conn::start(client);
+        let (tx, rx) = oneshot::channel();
+        lock_pending(&conn.pending).insert(1, tx);
+        // Two messages back to back, split mid-token across writes (no framing in OVSDB).
+        let bytes = br#"{"method":"echo","params":[],"id":"echo"}{"id":1,"result":[{"count":1}],"error":null}"#;
+        for part in bytes.chunks(7) {
+            server.write_all(part).await.unwrap();
+        }
+        assert_eq!(rx.await.unwrap(), Ok(json!([{"count": 1}])));
+        let mut got = vec![0u8; 256];
+        let n = server.read(&mut got).await.unwrap();
+        let reply: Value = serde_json::from_slice(&got[..n]).unwrap();
+        assert_eq!(reply, json!({"id": "echo", "result": [], "error": null}));
+        // The server going away fails waiting calls instead of hanging them.
+        let (tx, rx) = oneshot::channel();
+        lock_pending(&conn.pending).insert(2, tx);
+        drop(server);
+        assert!(rx.await.is_err());
+        assert!(conn.is_dead());
+    }
+
     #[test]
     fn echo_is_answered_and_responses_routed() {
         let pending: Pending = Arc::default();

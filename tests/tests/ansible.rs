@@ -152,8 +152,11 @@ fn collection_is_ansible_lint_clean() {
 }
 
 /// `ansible-test sanity` on a copy of the collection laid out as
-/// `ansible_collections/metalfleet/metalfleet`, with the tests that run offline on the
-/// current Python (no requirement downloads).
+/// `ansible_collections/metalfleet/metalfleet`, with every test that runs offline (the
+/// virtualenv-based ones — validate-modules, pylint, pep8, import, yamllint, ansible-doc —
+/// need a pip bootstrap downloaded from ci-files.testing.ansible.com, unreachable here), then
+/// `ansible-doc` on every plugin (documentation, examples and return values render with the
+/// doc fragment) and the module unit tests (`ansible/tests/unit`). See tests/ansible/sanity.sh.
 #[test]
 fn collection_passes_ansible_test_sanity() {
     require("ansible-test", "ansible-core (pip)");

@@ -317,13 +317,33 @@ fn dhclient(lab: &Lab, ns: &Netns, tag: &str, conf: &str) -> ChildGuard {
 
 /// Waits for dhclient's script to run with one of `reasons`; returns its environment.
 fn dhclient_result(lab: &Lab, tag: &str, reasons: &[&str]) -> HashMap<String, String> {
-    poll(40, &format!("dhclient {tag} lease"), || {
-        reasons.iter().find_map(|r| {
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let found = reasons.iter().find_map(|r| {
             netns::read(&lab.path(&format!("{tag}.env.{r}")))
-                .filter(|s| !s.is_empty())
+                .filter(|s| s.contains("new_ip_address="))
                 .map(|s| parse_env(&s))
-        })
-    })
+        });
+        if let Some(env) = found {
+            return env;
+        }
+        if std::time::Instant::now() > deadline {
+            // Say why: the client's and every server's log.
+            let mut logs = String::new();
+            for entry in std::fs::read_dir(lab.dir.path()).unwrap().flatten() {
+                let p = entry.path();
+                if p.extension().is_some_and(|e| e == "log") {
+                    logs.push_str(&format!(
+                        "--- {}\n{}\n",
+                        p.display(),
+                        netns::read(&p).unwrap_or_default()
+                    ));
+                }
+            }
+            panic!("timed out after 40s waiting for dhclient {tag} lease\n{logs}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
 }
 
 /// Starts busybox udhcpc on `eth0` of `ns` (`-q -n -f`), its script dumping the environment
@@ -636,8 +656,15 @@ fn leases_survive_restart_and_unknown_macs_follow_discovery() {
 
     let mut g = dhclient(&lab, &lab.clients[a], "a1", "");
     let first = dhclient_result(&lab, "a1", &["BOUND"]);
-    g.kill();
     let ip = first.get("new_ip_address").cloned().unwrap();
+    // dhclient writes its lease file after running its script: wait for it, or the restarted
+    // dhclient has no lease to INIT-REBOOT from.
+    poll(10, "dhclient a1's lease file", || {
+        netns::read(&lab.path("a1.leases"))
+            .filter(|l| l.contains(&format!("fixed-address {ip};")))
+            .map(|_| ())
+    });
+    g.kill();
     assert!(ip.starts_with("10.10.0.1"), "{first:?}");
 
     // The unknown MAC on br0 (no discovery) is ignored and counted.

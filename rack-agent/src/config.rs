@@ -12,6 +12,7 @@ use crate::boot::dhcp::DhcpConfig;
 use crate::boot::http::HttpConfig;
 use crate::boot::tftp::TftpConfig;
 use crate::boot::{ConfigCtx, KeyError, DEFAULT_IPXE_DIR};
+use crate::switch::SwitchConfig;
 use serde::Deserialize;
 
 /// Default period of the `Status` report and `Ping` on the fleet link.
@@ -65,6 +66,7 @@ struct RawConfig {
     tftp: Option<toml::Table>,
     http: Option<toml::Table>,
     bmc: Option<toml::Table>,
+    switches: Option<Vec<toml::Value>>,
 }
 
 /// Validated agent configuration.
@@ -98,6 +100,8 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     /// How BMCs are driven (`[bmc]`): cipher suites, TLS verification, timeouts, retries.
     pub bmc: BmcConfig,
+    /// The rack's switches (`[[switches]]`): driver, address, credentials.
+    pub switches: Vec<SwitchConfig>,
 }
 
 impl Config {
@@ -228,6 +232,12 @@ impl Config {
             .transpose()
             .map_err(|e| section("bmc", e))?
             .unwrap_or_default();
+        let switches = raw
+            .switches
+            .map(|v| SwitchConfig::from_array(v, &ctx))
+            .transpose()
+            .map_err(|e| err(&format!("switches{}", e.key), e.message))?
+            .unwrap_or_default();
         let ipxe_dir = raw
             .ipxe_dir
             .map(resolve)
@@ -247,6 +257,7 @@ impl Config {
             tftp,
             http,
             bmc,
+            switches,
         })
     }
 

@@ -7,84 +7,22 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::watch;
 
 use protocol::error::{ErrorBody, ErrorCode};
 use protocol::fleet::EventKind;
 use protocol::json::JsonValue;
-use protocol::{Mac, NodeId, Serial};
+use protocol::{Mac, NodeId};
 
 use crate::boot::BootBackend;
+
+// The wire types are shared with the node-agent.
+pub use protocol::node::{ActionResult, CheckinRequest, CheckinResponse, LogsRequest, NodeAction};
 
 /// Results kept for [`NodeActions::result`] after their action completed (oldest dropped
 /// first), so a slow executor still finds them without the map growing forever.
 pub const MAX_KEPT_RESULTS: usize = 4096;
-
-/// An action for a node-agent, as `GET /node/v1/next` returns it: JSON internally tagged by
-/// `kind`, e.g. `{"kind":"reboot","id":"a1"}`. Ids are chosen by whoever pushes the action and
-/// name it in logs and results.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum NodeAction {
-    /// Run a command (no shell) and report its exit code and output.
-    Run {
-        /// Action id.
-        id: String,
-        /// Program to execute.
-        command: String,
-        /// Its arguments.
-        #[serde(default)]
-        args: Vec<String>,
-        /// Kill it after this many seconds.
-        timeout_secs: u64,
-    },
-    /// Write a file.
-    Template {
-        /// Action id.
-        id: String,
-        /// Absolute path on the node.
-        path: String,
-        /// File content.
-        content: String,
-        /// Permission bits (e.g. 420 = 0o644).
-        mode: u32,
-    },
-    /// Reboot the node.
-    Reboot {
-        /// Action id.
-        id: String,
-    },
-    /// Power the node off.
-    Poweroff {
-        /// Action id.
-        id: String,
-    },
-    /// kexec into another kernel.
-    Kexec {
-        /// Action id.
-        id: String,
-        /// Kernel URL.
-        kernel: String,
-        /// Initrd URL.
-        initrd: String,
-        /// Kernel command line.
-        cmdline: String,
-    },
-}
-
-impl NodeAction {
-    /// The action's id.
-    pub fn id(&self) -> &str {
-        match self {
-            NodeAction::Run { id, .. }
-            | NodeAction::Template { id, .. }
-            | NodeAction::Reboot { id }
-            | NodeAction::Poweroff { id }
-            | NodeAction::Kexec { id, .. } => id,
-        }
-    }
-}
 
 /// Whom an action is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -102,21 +40,6 @@ impl ActionTarget {
             ActionTarget::Node(n) => Some(*n) == node,
         }
     }
-}
-
-/// What a node-agent reported for an action (`POST /node/v1/results`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ActionResult {
-    /// The MAC the node-agent reports from.
-    pub mac: Mac,
-    /// The action id.
-    pub action: String,
-    /// Exit code (0 = success; for reboot/poweroff/kexec, whether it was started).
-    pub exit_code: i32,
-    /// Output (combined stdout/stderr, possibly truncated by the node-agent).
-    #[serde(default)]
-    pub output: String,
 }
 
 /// Why the queue refused something.
@@ -306,41 +229,6 @@ impl NodeActions {
         self.poke();
         Ok(())
     }
-}
-
-/// `POST /node/v1/checkin` body.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckinRequest {
-    /// DMI serial of the machine.
-    pub serial: Serial,
-    /// Its MACs.
-    pub macs: Vec<Mac>,
-    /// Hardware facts (a JSON object).
-    #[serde(default)]
-    pub facts: serde_json::Value,
-}
-
-/// `POST /node/v1/checkin` answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckinResponse {
-    /// Whether one of the MACs belongs to a node of this rack.
-    pub known: bool,
-    /// That node.
-    pub node: Option<NodeId>,
-}
-
-/// `POST /node/v1/logs` body.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogsRequest {
-    /// The MAC the node-agent reports from.
-    pub mac: Mac,
-    /// The action the lines belong to, if any.
-    #[serde(default)]
-    pub action: Option<String>,
-    /// Log lines.
-    pub lines: Vec<String>,
 }
 
 /// Query of `GET /node/v1/next`.

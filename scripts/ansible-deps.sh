@@ -25,6 +25,7 @@ command -v ssh-keygen >/dev/null || need_apt+=(openssh-client)
 command -v vagrant >/dev/null || need_apt+=(vagrant)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v curl >/dev/null || need_apt+=(curl)
+command -v strip >/dev/null || need_apt+=(binutils)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== apt: installing ${need_apt[*]}"
   apt-get update -qq || true

@@ -6,7 +6,9 @@
 #  2. playbooks/site.yml deploys them from the built binaries (stripped copies in
 #     DIR/artifacts/v1): init, join, add-learner, promote, rack creation, enrollment,
 #     metalfleet-supervise services (no systemd here)
-#  3. site.yml again: every host reports changed=0
+#  0. bad variables (coordinator_id 0) fail before anything is created
+#  3. site.yml again: every host reports changed=0; a rack-agent config the binary rejects
+#     (rack-agent status --config validates it) fails the run and is not installed
 #  4. playbooks/upgrade.yml to different binaries (DIR/artifacts/v2: v1 plus a trailer) while
 #     a background poller GETs /v1/cluster from every coordinator: every round must get an
 #     answer from at least two of the three (only one is ever down), and afterwards every
@@ -124,6 +126,17 @@ run_play() { # LOG ARGS...: ansible-playbook, its recap printed, its tail on fai
   sed -n '/PLAY RECAP/,$p' "$log"
 }
 
+expect_fail() { # LOG WANT ARGS...: ansible-playbook must fail and its output contain WANT
+  local log=$1 want=$2; shift 2
+  if ansible-playbook "$@" >"$log" 2>&1; then fail "ansible-playbook $* succeeded; it must fail (log $log)"; fi
+  grep -qF -- "$want" "$log" || { tail -n 40 "$log"; fail "ansible-playbook $* failed without saying: $want"; }
+  echo "refused as expected: $want"
+}
+
+step "bad variables fail before anything changes"
+expect_fail "$DIR/bad-id.log" "coordinator_id must be an integer > 0" metalfleet.metalfleet.site -e '{"coordinator_id": 0}'
+[ ! -e "$DIR/hosts/c1/etc/metalfleet" ] || fail "the refused run created $DIR/hosts/c1/etc/metalfleet"
+
 step "site.yml: deploy 3 coordinators and 2 rack agents"
 run_play "$DIR/site1.log" metalfleet.metalfleet.site
 
@@ -133,6 +146,11 @@ changed=$(recap_changed "$DIR/site2.log" | awk '$2 != 0')
 [ -z "$changed" ] || fail "second site.yml run changed something: $changed (log $DIR/site2.log)"
 [ "$(recap_changed "$DIR/site2.log" | wc -l)" -eq 5 ] || fail "recap of the second run lists $(recap_changed "$DIR/site2.log" | wc -l) hosts, want 5"
 echo "second run: changed=0 on all 5 hosts"
+
+step "a rack-agent config the binary rejects is not installed"
+before=$(sha1sum <"$DIR/hosts/r2/etc/metalfleet/rack-agent.toml")
+expect_fail "$DIR/bad-agent.log" "tftp.bogus" metalfleet.metalfleet.site --limit r2 -e '{"rack_agent_tftp": {"bogus": 1}}'
+[ "$(sha1sum <"$DIR/hosts/r2/etc/metalfleet/rack-agent.toml")" = "$before" ] || fail "the rejected config replaced rack-agent.toml"
 
 CA="$DIR/hosts/c1/etc/metalfleet/ca.crt"
 TOKEN_FILE="$DIR/hosts/c1/etc/metalfleet/admin.token"

@@ -163,6 +163,8 @@ fn collection_passes_ansible_test_sanity() {
     let scratch = tempfile::tempdir().unwrap();
     let out = Command::new(repo().join("tests/ansible/sanity.sh"))
         .arg(scratch.path())
+        // ansible-test keeps its caches under HOME: a scratch one, not the user's.
+        .env("HOME", scratch.path())
         .stdin(Stdio::null())
         .output()
         .expect("running tests/ansible/sanity.sh");

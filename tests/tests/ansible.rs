@@ -172,7 +172,8 @@ fn collection_passes_ansible_test_sanity() {
     assert!(out.status.success(), "ansible-test sanity:\n{}", text(&out));
 }
 
-/// `vagrant validate` accepts vagrant/Vagrantfile (with the libvirt provider's options).
+/// `vagrant validate` accepts vagrant/Vagrantfile (with the libvirt provider's options), and
+/// the playbook its Ansible provisioner runs passes `ansible-playbook --syntax-check`.
 #[test]
 fn vagrantfile_validates() {
     require(
@@ -194,5 +195,28 @@ fn vagrantfile_validates() {
     assert!(
         log.contains("validated successfully"),
         "vagrant validate said:\n{log}"
+    );
+
+    // The provisioner's playbook resolves the collection through vagrant/ansible.cfg and
+    // vagrant/collections (a symlink to ansible/).
+    require("ansible-playbook", "ansible-core (pip)");
+    let inventory = scratch.path().join("inventory.ini");
+    std::fs::write(
+        &inventory,
+        "[coordinators]\nc1\nc2\nc3\n[rack_agents]\nr1\n",
+    )
+    .unwrap();
+    let out = Command::new("ansible-playbook")
+        .current_dir(repo().join("vagrant"))
+        .arg("-i")
+        .arg(&inventory)
+        .args(["--syntax-check", "site.yml"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running ansible-playbook --syntax-check");
+    assert!(
+        out.status.success(),
+        "vagrant/site.yml syntax check:\n{}",
+        text(&out)
     );
 }

@@ -247,6 +247,7 @@ impl App {
             metrics: Default::default(),
         });
         tokio::spawn(crate::fleet::serve(fleet_endpoint, app.clone()));
+        crate::identify::spawn(&app);
         Ok(app)
     }
 

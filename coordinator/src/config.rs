@@ -16,6 +16,8 @@ pub const DEFAULT_RAFT_LISTEN: &str = "127.0.0.1:7444";
 pub const DEFAULT_FLEET_LISTEN: &str = "127.0.0.1:7445";
 /// Default request body limit for the REST API.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Default time one call of the identify hook may take.
+pub const DEFAULT_IDENTIFY_HOOK_TIMEOUT_SECS: u64 = 10;
 
 /// A configuration problem, naming where it is.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,8 @@ struct RawConfig {
     fleet_addr: Option<String>,
     sealing_key_file: Option<PathBuf>,
     max_body_bytes: Option<usize>,
+    identify_hook_url: Option<String>,
+    identify_hook_timeout_secs: Option<u64>,
 }
 
 /// Validated coordinator configuration.
@@ -72,6 +76,12 @@ pub struct Config {
     pub sealing_key_file: PathBuf,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// The "node identify" service the leader calls (`POST`) when a node is identified or
+    /// lands in the discovered pool (`None`: no hook). `http://` or `https://`; an https
+    /// hook must present a certificate signed by the cluster CA.
+    pub identify_hook_url: Option<reqwest::Url>,
+    /// How long one call of the hook may take.
+    pub identify_hook_timeout: std::time::Duration,
 }
 
 impl Config {
@@ -170,6 +180,35 @@ impl Config {
         if max_body_bytes < 1024 {
             return Err(err("max_body_bytes", "must be at least 1024".into()));
         }
+        let identify_hook_url = match raw.identify_hook_url {
+            None => None,
+            Some(u) => {
+                let url = reqwest::Url::parse(&u)
+                    .map_err(|e| err("identify_hook_url", format!("{u:?} is not a URL: {e}")))?;
+                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                    return Err(err(
+                        "identify_hook_url",
+                        format!("{u:?} must be an http:// or https:// URL with a host"),
+                    ));
+                }
+                Some(url)
+            }
+        };
+        let timeout_secs = raw
+            .identify_hook_timeout_secs
+            .unwrap_or(DEFAULT_IDENTIFY_HOOK_TIMEOUT_SECS);
+        if !(1..=600).contains(&timeout_secs) {
+            return Err(err(
+                "identify_hook_timeout_secs",
+                "must be 1..=600 seconds".into(),
+            ));
+        }
+        if raw.identify_hook_timeout_secs.is_some() && identify_hook_url.is_none() {
+            return Err(err(
+                "identify_hook_timeout_secs",
+                "set without identify_hook_url".into(),
+            ));
+        }
         Ok(Config {
             file: path.to_owned(),
             id,
@@ -183,6 +222,8 @@ impl Config {
             fleet_addr,
             sealing_key_file,
             max_body_bytes,
+            identify_hook_url,
+            identify_hook_timeout: std::time::Duration::from_secs(timeout_secs),
         })
     }
 
@@ -239,6 +280,46 @@ mod tests {
         );
         let e = Config::parse(p, "id = 1\ndata_dir = '/x'\napi_url = 'http://a:1'\n").unwrap_err();
         assert_eq!(e.key, "api_url");
+    }
+
+    #[test]
+    fn identify_hook_keys() {
+        let p = Path::new("/etc/mf/c.toml");
+        let base = "id = 1\ndata_dir = '/x'\n";
+        let c = Config::parse(p, base).unwrap();
+        assert!(c.identify_hook_url.is_none());
+        let c = Config::parse(
+            p,
+            &format!("{base}identify_hook_url = 'http://127.0.0.1:9/identify'\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.identify_hook_url.unwrap().as_str(),
+            "http://127.0.0.1:9/identify"
+        );
+        assert_eq!(
+            c.identify_hook_timeout,
+            std::time::Duration::from_secs(DEFAULT_IDENTIFY_HOOK_TIMEOUT_SECS)
+        );
+        for (extra, key) in [
+            ("identify_hook_url = 'ftp://h/x'", "identify_hook_url"),
+            ("identify_hook_url = 'not a url'", "identify_hook_url"),
+            (
+                "identify_hook_url = 'http://h/x'\nidentify_hook_timeout_secs = 0",
+                "identify_hook_timeout_secs",
+            ),
+            (
+                "identify_hook_timeout_secs = 5",
+                "identify_hook_timeout_secs",
+            ),
+        ] {
+            let e = Config::parse(p, &format!("{base}{extra}\n")).unwrap_err();
+            assert_eq!(
+                (e.file.as_str(), e.key.as_str()),
+                ("/etc/mf/c.toml", key),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod fleet;
+pub mod identify;
 pub mod metrics;
 pub use ::pki;
 pub mod raft;

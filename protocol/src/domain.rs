@@ -556,6 +556,24 @@ pub struct Node {
     pub revision: Revision,
 }
 
+/// A node as the API shows it: the stored [`Node`] plus what its expected-inventory match
+/// says. Derived at read time from the inventory, so it is never stale and adds nothing to
+/// the stored format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeView {
+    /// The node as stored.
+    #[serde(flatten)]
+    pub node: Node,
+    /// True when an expected-inventory record has this node's serial (the node is linked to
+    /// it: rack position, static addresses and BMC come from that record); false while the
+    /// node is in the discovered pool. Absent from older coordinators' answers (read as false).
+    #[serde(default)]
+    pub identified: bool,
+    /// Lowest rack unit, from the matching inventory record.
+    #[serde(default)]
+    pub u_position: Option<u16>,
+}
+
 /// A tenant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

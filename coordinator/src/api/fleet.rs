@@ -7,7 +7,8 @@ use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::Json;
 use protocol::domain::{
-    BootTarget, InventoryInput, InventoryRecord, InventoryView, Node, NodeState, Rack, Site,
+    BootTarget, InventoryInput, InventoryRecord, InventoryView, Node, NodeState, NodeView, Rack,
+    Site,
 };
 use protocol::error::ErrorCode;
 use protocol::json::JsonValue;
@@ -392,18 +393,21 @@ pub(super) struct NodeFilter {
     project: Option<ProjectId>,
     /// Only nodes carrying this tag.
     tag: Option<Tag>,
+    /// `true`: only nodes matched to an expected-inventory record; `false`: only the
+    /// discovered pool (serials matching no record).
+    identified: Option<bool>,
     /// Serve from this coordinator's state without a linearizable read.
     #[serde(default)]
     stale: bool,
 }
 
 #[utoipa::path(get, path = "/v1/nodes", tag = "nodes", params(NodeFilter),
-    responses((status = 200, body = Vec<Node>)), security(("bearer" = [])))]
+    responses((status = 200, body = Vec<NodeView>), (status = 400, body = protocol::error::ErrorBody)), security(("bearer" = [])))]
 pub(super) async fn list_nodes(
     State(app): State<Arc<App>>,
     p: Principal,
     Query(f): Query<NodeFilter>,
-) -> ApiResult<Json<Vec<Node>>> {
+) -> ApiResult<Json<Vec<NodeView>>> {
     p.require(Need::Read)?;
     read(&app, &Consistency { stale: f.stale }, |s| {
         Ok(s.nodes
@@ -418,7 +422,8 @@ pub(super) async fn list_nodes(
                     .is_none_or(|x| n.project.as_ref() == Some(x))
             })
             .filter(|n| f.tag.as_ref().is_none_or(|x| n.tags.contains(x)))
-            .cloned()
+            .filter(|n| f.identified.is_none_or(|x| s.is_identified(n) == x))
+            .map(|n| s.node_view(n))
             .collect())
     })
     .await
@@ -446,15 +451,15 @@ fn find_node<'a>(
 }
 
 #[utoipa::path(get, path = "/v1/nodes/{id}", tag = "nodes", params(Consistency),
-    responses((status = 200, body = Node), (status = 404, body = protocol::error::ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = NodeView), (status = 404, body = protocol::error::ErrorBody)), security(("bearer" = [])))]
 pub(super) async fn get_node(
     State(app): State<Arc<App>>,
     p: Principal,
     Path(id): Path<String>,
     Query(c): Query<Consistency>,
-) -> ApiResult<Json<Node>> {
+) -> ApiResult<Json<NodeView>> {
     p.require(Need::Read)?;
-    read(&app, &c, |s| find_node(s, &p, &id).cloned())
+    read(&app, &c, |s| find_node(s, &p, &id).map(|n| s.node_view(n)))
         .await
         .map(Json)
 }
@@ -472,13 +477,13 @@ pub(super) struct NewNode {
 }
 
 #[utoipa::path(post, path = "/v1/nodes", tag = "nodes", request_body = NewNode,
-    responses((status = 200, body = Node), (status = 400, body = protocol::error::ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = NodeView), (status = 400, body = protocol::error::ErrorBody)), security(("bearer" = [])))]
 pub(super) async fn create_node(
     State(app): State<Arc<App>>,
     p: Principal,
     key: IdempotencyKey,
     JsonBody(n): JsonBody<NewNode>,
-) -> ApiResult<Json<Node>> {
+) -> ApiResult<Json<NodeView>> {
     p.require(Need::Operate)?;
     let cmd = Command::RegisterNode {
         id: NodeId(uuid::Uuid::new_v4()),
@@ -486,12 +491,20 @@ pub(super) async fn create_node(
         rack: n.rack,
         macs: n.macs,
     };
-    node_result(commit(&app, &p, key, cmd).await?)
+    node_result(&app, commit(&app, &p, key, cmd).await?)
 }
 
-fn node_result(a: Applied) -> ApiResult<Json<Node>> {
+/// The committed node as the API shows it; whether it is identified is read from this
+/// coordinator's state (on a follower that forwarded the write: as of its last applied entry).
+fn node_result(app: &App, a: Applied) -> ApiResult<Json<NodeView>> {
     match a {
-        Applied::Node(n) => Ok(Json(*n)),
+        Applied::Node(n) => {
+            let g = app
+                .state
+                .read()
+                .map_err(|_| ApiError::new(ErrorCode::Internal, "state lock poisoned"))?;
+            Ok(Json(g.state.node_view(&n)))
+        }
         other => Err(ApiError::new(
             ErrorCode::Internal,
             format!("unexpected result {other:?}"),
@@ -534,14 +547,14 @@ pub struct NodePatchInput {
 }
 
 #[utoipa::path(patch, path = "/v1/nodes/{id}", tag = "nodes", request_body = NodePatchInput,
-    responses((status = 200, body = Node), (status = 404, body = protocol::error::ErrorBody)), security(("bearer" = [])))]
+    responses((status = 200, body = NodeView), (status = 404, body = protocol::error::ErrorBody)), security(("bearer" = [])))]
 pub(super) async fn patch_node(
     State(app): State<Arc<App>>,
     p: Principal,
     key: IdempotencyKey,
     Path(id): Path<String>,
     JsonBody(patch): JsonBody<NodePatchInput>,
-) -> ApiResult<Json<Node>> {
+) -> ApiResult<Json<NodeView>> {
     p.require(Need::Read)?;
     if p.role == protocol::domain::Role::ReadOnly {
         return Err(ApiError::forbidden("read_only users cannot change nodes"));
@@ -579,7 +592,7 @@ pub(super) async fn patch_node(
             facts: patch.facts,
         },
     };
-    node_result(commit(&app, &p, key, cmd).await?)
+    node_result(&app, commit(&app, &p, key, cmd).await?)
 }
 
 /// Parses a path segment into an id type, naming the segment on failure.

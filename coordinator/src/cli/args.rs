@@ -222,6 +222,12 @@ pub enum NodeCmd {
         /// Only nodes with this tag.
         #[arg(long)]
         tag: Option<String>,
+        /// Only the discovered pool: nodes whose serial matches no expected-inventory record.
+        #[arg(long, conflicts_with = "identified")]
+        discovered: bool,
+        /// Only nodes matched to an expected-inventory record.
+        #[arg(long)]
+        identified: bool,
     },
     /// Show one node.
     Get {

@@ -346,13 +346,21 @@ async fn node(api: &Api, c: &NodeCmd) -> Result<Answer, CliError> {
             serial,
             project,
             tag,
+            discovered,
+            identified,
         } => {
+            let pool = match (discovered, identified) {
+                (true, _) => Some("false".to_owned()),
+                (_, true) => Some("true".to_owned()),
+                _ => None,
+            };
             let q = filters(&[
                 ("rack", rack.clone()),
                 ("state", state.map(|s| s.as_str().to_owned())),
                 ("serial", serial.clone()),
                 ("project", project.clone()),
                 ("tag", tag.clone()),
+                ("identified", pool),
             ]);
             list(api, &["v1", "nodes"], &q, View::Nodes).await
         }

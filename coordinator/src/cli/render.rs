@@ -4,7 +4,8 @@
 //! order.
 
 use protocol::domain::{
-    AuditEntry, BootTarget, InventoryView, Node, Project, Rack, Site, TokenView, UnixMillis, User,
+    AuditEntry, BootTarget, InventoryView, NodeView, Project, Rack, Site, TokenView, UnixMillis,
+    User,
 };
 use serde::de::{DeserializeOwned, Error as _};
 use serde::Deserialize;
@@ -75,7 +76,7 @@ pub fn render(view: View, v: &Value, now: UnixMillis) -> Result<String, serde_js
         View::Inventory => inventory(&de::<Vec<InventoryView>>(v)?),
         View::InventoryRecord => inventory_record(&de(v)?),
         View::ImportReport => import_report(&de(v)?),
-        View::Nodes => nodes(&de::<Vec<Node>>(v)?),
+        View::Nodes => nodes(&de::<Vec<NodeView>>(v)?),
         View::Node => node(&de(v)?),
         View::Projects => projects(&de::<Vec<Project>>(v)?),
         View::Project => projects(&[de(v)?]),
@@ -420,17 +421,29 @@ pub fn boot_long(b: &BootTarget) -> String {
 }
 
 /// Nodes by serial.
-pub fn nodes(items: &[Node]) -> String {
+pub fn nodes(items: &[NodeView]) -> String {
     let mut v: Vec<_> = items.iter().collect();
-    v.sort_by(|a, b| a.serial.cmp(&b.serial));
+    v.sort_by(|a, b| a.node.serial.cmp(&b.node.serial));
     let mut t = Table::new([
-        "SERIAL", "ID", "RACK", "STATE", "BOOT", "PROJECT", "TAGS", "MACS",
+        "SERIAL",
+        "ID",
+        "RACK",
+        "U",
+        "IDENTIFIED",
+        "STATE",
+        "BOOT",
+        "PROJECT",
+        "TAGS",
+        "MACS",
     ]);
-    for n in v {
+    for view in v {
+        let n = &view.node;
         t.row([
             n.serial.to_string(),
             n.id.to_string(),
             opt(n.rack.as_ref()),
+            opt(view.u_position.as_ref()),
+            yes_no(view.identified),
             n.state.as_str().to_owned(),
             boot_short(&n.boot_target).to_owned(),
             opt(n.project.as_ref()),
@@ -441,12 +454,19 @@ pub fn nodes(items: &[Node]) -> String {
     t.render()
 }
 
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_owned()
+}
+
 /// One node in full.
-pub fn node(n: &Node) -> String {
+pub fn node(view: &NodeView) -> String {
+    let n = &view.node;
     fields([
         ("Id", n.id.to_string()),
         ("Serial", n.serial.to_string()),
         ("Rack", opt(n.rack.as_ref())),
+        ("U", opt(view.u_position.as_ref())),
+        ("Identified", yes_no(view.identified)),
         ("State", n.state.as_str().to_owned()),
         ("Boot", boot_long(&n.boot_target)),
         ("Project", opt(n.project.as_ref())),

@@ -289,11 +289,44 @@ impl State {
                 return r;
             }
         }
+        self.identified_now.clear();
         let result = self.apply_command(revision, req.at, &req.command);
+        let identified = std::mem::take(&mut self.identified_now);
+        let mut target = req.command.target();
         let outcome = match &result {
             Ok(_) => "applied".to_owned(),
             Err(e) => format!("refused: {}: {}", e.code.as_str(), e.message),
         };
+        if result.is_ok() && !identified.is_empty() {
+            let serials = identified
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            // One audit entry per revision: an audited command's own entry carries the news.
+            // A registration's entry already names the serial (it was identified iff the
+            // inventory held that serial at this revision), so it is left as it is.
+            if req.command.audited() {
+                if !matches!(req.command, Command::RegisterNode { .. }) {
+                    target = format!("{target}; node.identified: {serials}");
+                }
+            } else {
+                // Agent events are not audited, but identifying a machine is worth a line.
+                self.audit.insert(
+                    revision,
+                    AuditEntry {
+                        revision,
+                        at: req.at,
+                        actor: req.actor.clone(),
+                        action: "node.identified".to_owned(),
+                        target: serials,
+                        outcome: "applied".to_owned(),
+                        request_id: req.request_id.clone(),
+                    },
+                );
+                self.dirty.insert(Key::Audit(revision));
+            }
+        }
         if req.command.audited() {
             self.audit.insert(
                 revision,
@@ -302,7 +335,7 @@ impl State {
                     at: req.at,
                     actor: req.actor.clone(),
                     action: req.command.action().to_owned(),
-                    target: req.command.target(),
+                    target,
                     outcome,
                     request_id: req.request_id.clone(),
                 },
@@ -492,8 +525,13 @@ impl State {
                     let mut rec = item.record.clone();
                     rec.revision = rev;
                     rec.generation = generation;
+                    let tags = rec.tags.clone();
+                    let rack = rec.rack.clone();
                     self.inventory.insert(serial.clone(), rec);
                     self.dirty.insert(Key::Inventory(serial.clone()));
+                    if generation == 1 {
+                        self.identify_existing(serial, &rack, &tags, rev);
+                    }
                     if let Some(r) = self.node_by_serial(serial).and_then(|n| n.rack.clone()) {
                         self.touch_rack(&r, rev);
                     }
@@ -585,6 +623,9 @@ impl State {
                     created_at: at,
                     revision: rev,
                 };
+                if expected.is_some() {
+                    self.identified_now.push(serial.clone());
+                }
                 self.node_by_serial.insert(serial.clone(), *id);
                 self.nodes.insert(*id, node.clone());
                 self.dirty.insert(Key::Node(*id));
@@ -887,6 +928,34 @@ impl State {
             }
             Command::Note { .. } => Ok(Applied::Done),
         }
+    }
+
+    /// A record was just created for `serial`: if a node with that serial already checked
+    /// in, it leaves the discovered pool. It gets the record's tags (as a node registered
+    /// after the import would) and, when no agent placed it yet, the record's rack.
+    fn identify_existing(
+        &mut self,
+        serial: &Serial,
+        rack: &RackId,
+        tags: &BTreeSet<Tag>,
+        rev: Revision,
+    ) {
+        let Some(id) = self.node_by_serial.get(serial).copied() else {
+            return;
+        };
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        node.tags.extend(tags.iter().cloned());
+        let old_rack = node.rack.clone();
+        if node.rack.is_none() {
+            node.rack = Some(rack.clone());
+        }
+        node.revision = rev;
+        let new_rack = node.rack.clone();
+        self.dirty.insert(Key::Node(id));
+        self.node_moved(id, old_rack.as_ref(), new_rack.as_ref(), rev);
+        self.identified_now.push(serial.clone());
     }
 
     /// The enrolled, unrevoked agent of `rack`.

@@ -11,13 +11,15 @@
 mod agent_tests;
 mod apply;
 #[cfg(test)]
+mod identify_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use protocol::domain::{
-    AuditEntry, EnrollToken, InventoryRecord, Lease, Node, Project, Rack, RackAgent, Sealed, Site,
-    TokenRecord, UnixMillis, User,
+    AuditEntry, EnrollToken, InventoryRecord, Lease, Node, NodeView, Project, Rack, RackAgent,
+    Sealed, Site, TokenRecord, UnixMillis, User,
 };
 use protocol::error::{ErrorBody, ErrorCode};
 use protocol::{Mac, NodeId, ProjectId, RackId, Revision, Serial, SiteId, TokenId, UserName};
@@ -138,6 +140,10 @@ pub struct State {
     /// Objects touched since the last [`State::take_dirty`]. Not persisted.
     #[serde(skip)]
     dirty: BTreeSet<Key>,
+    /// Serials identified by the command being applied, for its audit entry. Not persisted;
+    /// empty between requests.
+    #[serde(skip)]
+    identified_now: Vec<Serial>,
 }
 
 /// Why a command was refused. Refusals are answers, not failures: they are committed,
@@ -223,6 +229,22 @@ impl State {
         self.node_by_serial
             .get(serial)
             .and_then(|id| self.nodes.get(id))
+    }
+
+    /// Whether `node` is identified: an expected-inventory record has its serial. Otherwise
+    /// it is in the discovered pool.
+    pub fn is_identified(&self, node: &Node) -> bool {
+        self.inventory.contains_key(&node.serial)
+    }
+
+    /// `node` as the API shows it, with what its inventory match says.
+    pub fn node_view(&self, node: &Node) -> NodeView {
+        let inv = self.inventory.get(&node.serial);
+        NodeView {
+            node: node.clone(),
+            identified: inv.is_some(),
+            u_position: inv.and_then(|i| i.u_position),
+        }
     }
 
     /// The token whose secret hashes to `hash`.

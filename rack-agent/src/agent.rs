@@ -9,7 +9,11 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use std::collections::BTreeMap;
+
+use crate::bmc::BmcRegistry;
 use crate::boot::dhcp::{DhcpError, DhcpServer};
+use crate::boot::http::NodeActions;
 use crate::boot::http::{HttpError, HttpServer};
 use crate::boot::tftp::{TftpError, TftpServer};
 use crate::boot::tftp_scripts::TftpScripts;
@@ -18,6 +22,7 @@ use crate::config::Config;
 use crate::control::{self, ControlError};
 use crate::status::LinkStats;
 use crate::store::{Store, StoreError};
+use crate::switch::{CountedSwitch, SwitchDriver, SwitchError};
 use crate::uplink;
 
 /// How long shutdown waits for the tasks to finish before aborting them.
@@ -41,6 +46,39 @@ pub enum AgentError {
     /// The HTTP boot server could not start.
     #[error(transparent)]
     Http(#[from] HttpError),
+    /// A configured switch driver could not be set up.
+    #[error("switch {name}: {source}")]
+    Switch {
+        /// The switch's name in the config.
+        name: String,
+        /// Why (boxed: switch errors are large and this path is cold).
+        #[source]
+        source: Box<SwitchError>,
+    },
+}
+
+/// The hardware handles of a running agent, for the step executor: the node API's action
+/// queue, the per-BMC locks and counters, and one driver per configured switch.
+#[derive(Clone)]
+pub struct Hardware {
+    /// Actions for node-agents (present when the HTTP server runs).
+    pub node_actions: Option<NodeActions>,
+    /// Per-BMC serialisation and counters shared by every BMC guard of this agent.
+    pub bmcs: Arc<BmcRegistry>,
+    /// Switch drivers by their configured name (counted; no I/O until first use).
+    pub switches: Switches,
+}
+
+/// Switch drivers by their configured name.
+pub type Switches = BTreeMap<String, Arc<dyn SwitchDriver>>;
+
+impl std::fmt::Debug for Hardware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hardware")
+            .field("node_actions", &self.node_actions.is_some())
+            .field("switches", &self.switches.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// State shared by the agent's tasks.
@@ -115,6 +153,8 @@ impl EventSink for Shared {
 #[derive(Debug)]
 pub struct Agent {
     shared: Arc<Shared>,
+    hardware: Hardware,
+    http_addr: Option<std::net::SocketAddr>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     socket: PathBuf,
@@ -153,8 +193,13 @@ impl Agent {
             generated: None,
             http_port: None,
         };
-        let started = Self::bind_boot_services(&shared.config, &mut deps).await;
-        let (http, tftp, dhcp) = match started {
+        let started = match Self::connect_switches(&shared.config, &deps) {
+            Ok(switches) => Self::bind_boot_services(&shared.config, &mut deps)
+                .await
+                .map(|s| (s, switches)),
+            Err((name, source)) => Err(AgentError::Switch { name, source }),
+        };
+        let ((http, tftp, dhcp), switches) = match started {
             Ok(servers) => servers,
             Err(e) => {
                 cancel.cancel();
@@ -164,6 +209,14 @@ impl Agent {
                 control::remove_socket(&socket);
                 return Err(e);
             }
+        };
+        let http_addr = http.as_ref().map(HttpServer::local_addr);
+        let bmcs = Arc::new(BmcRegistry::default());
+        deps.metrics.register(bmcs.stats());
+        let hardware = Hardware {
+            node_actions: http.as_ref().map(HttpServer::node_actions),
+            bmcs,
+            switches,
         };
         if let Some(s) = http {
             tracing::info!(addr = %s.local_addr(), "HTTP boot server listening");
@@ -185,10 +238,37 @@ impl Agent {
         );
         Ok(Agent {
             shared,
+            hardware,
+            http_addr,
             cancel,
             tasks,
             socket,
         })
+    }
+
+    /// One counted driver per configured switch (no I/O yet), its counters registered.
+    fn connect_switches(
+        config: &Config,
+        deps: &BootDeps,
+    ) -> Result<Switches, (String, Box<SwitchError>)> {
+        let mut out = BTreeMap::new();
+        for c in &config.switches {
+            let driver = crate::switch::connect(c).map_err(|e| (c.name.clone(), Box::new(e)))?;
+            let counted = CountedSwitch::wrap(driver);
+            deps.metrics.register(counted.stats());
+            out.insert(c.name.clone(), counted as Arc<dyn SwitchDriver>);
+        }
+        Ok(out)
+    }
+
+    /// Where the HTTP boot server listens, if configured.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http_addr
+    }
+
+    /// The hardware handles (node actions, BMC registry, switch drivers).
+    pub fn hardware(&self) -> &Hardware {
+        &self.hardware
     }
 
     /// Binds HTTP first (DHCP hands out its port), then TFTP, then DHCP.

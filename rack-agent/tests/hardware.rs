@@ -38,7 +38,7 @@ async fn agent_exposes_node_actions_bmcs_and_switches() {
     let url = format!("http://{}/metrics", agent.http_addr().unwrap());
     let metrics = reqwest::get(&url).await.unwrap().text().await.unwrap();
     assert!(
-        metrics.contains("switch_applies_total{switch=\"tor1\",result=\"ok\"} 1"),
+        metrics.contains("metalfleet_switch_applies_total{switch=\"tor1\",result=\"ok\"} 1"),
         "{metrics}"
     );
     assert!(

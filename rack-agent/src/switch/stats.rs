@@ -96,51 +96,54 @@ impl Metrics for SwitchStats {
     fn render_prometheus(&self, out: &mut String) {
         let s = &self.switch;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let _ = writeln!(out, "# HELP switch_applies_total Port-change batches by result (ok = applied and verified).");
-        let _ = writeln!(out, "# TYPE switch_applies_total counter");
+        let _ = writeln!(out, "# HELP metalfleet_switch_applies_total Port-change batches by result (ok = applied and verified).");
+        let _ = writeln!(out, "# TYPE metalfleet_switch_applies_total counter");
         let _ = writeln!(
             out,
-            "switch_applies_total{{switch=\"{s}\",result=\"ok\"}} {}",
+            "metalfleet_switch_applies_total{{switch=\"{s}\",result=\"ok\"}} {}",
             get(&self.applies_ok)
         );
         let _ = writeln!(
             out,
-            "switch_applies_total{{switch=\"{s}\",result=\"failed\"}} {}",
+            "metalfleet_switch_applies_total{{switch=\"{s}\",result=\"failed\"}} {}",
             get(&self.applies_failed)
         );
         let _ = writeln!(
             out,
-            "# HELP switch_ports_changed_total Port changes in verified batches."
+            "# HELP metalfleet_switch_ports_changed_total Port changes in verified batches."
         );
-        let _ = writeln!(out, "# TYPE switch_ports_changed_total counter");
+        let _ = writeln!(out, "# TYPE metalfleet_switch_ports_changed_total counter");
         let _ = writeln!(
             out,
-            "switch_ports_changed_total{{switch=\"{s}\"}} {}",
+            "metalfleet_switch_ports_changed_total{{switch=\"{s}\"}} {}",
             get(&self.ports_changed)
         );
-        let _ = writeln!(out, "# HELP switch_reads_total read_port/read_ports calls.");
-        let _ = writeln!(out, "# TYPE switch_reads_total counter");
         let _ = writeln!(
             out,
-            "switch_reads_total{{switch=\"{s}\"}} {}",
+            "# HELP metalfleet_switch_reads_total read_port/read_ports calls."
+        );
+        let _ = writeln!(out, "# TYPE metalfleet_switch_reads_total counter");
+        let _ = writeln!(
+            out,
+            "metalfleet_switch_reads_total{{switch=\"{s}\"}} {}",
             get(&self.reads)
         );
         let _ = writeln!(
             out,
-            "# HELP switch_apply_seconds_total Time spent in apply (write + read-back)."
+            "# HELP metalfleet_switch_apply_seconds_total Time spent in apply (write + read-back)."
         );
-        let _ = writeln!(out, "# TYPE switch_apply_seconds_total counter");
+        let _ = writeln!(out, "# TYPE metalfleet_switch_apply_seconds_total counter");
         let _ = writeln!(
             out,
-            "switch_apply_seconds_total{{switch=\"{s}\"}} {:.6}",
+            "metalfleet_switch_apply_seconds_total{{switch=\"{s}\"}} {:.6}",
             get(&self.apply_micros) as f64 / 1e6
         );
-        let _ = writeln!(out, "# HELP switch_errors_total Failed calls by error kind (mismatch = read-back differed).");
-        let _ = writeln!(out, "# TYPE switch_errors_total counter");
+        let _ = writeln!(out, "# HELP metalfleet_switch_errors_total Failed calls by error kind (mismatch = read-back differed).");
+        let _ = writeln!(out, "# TYPE metalfleet_switch_errors_total counter");
         for (k, c) in ERROR_KINDS.iter().zip(&self.errors) {
             let _ = writeln!(
                 out,
-                "switch_errors_total{{switch=\"{s}\",kind=\"{k}\"}} {}",
+                "metalfleet_switch_errors_total{{switch=\"{s}\",kind=\"{k}\"}} {}",
                 get(c)
             );
         }
@@ -260,8 +263,10 @@ mod tests {
         assert_eq!(stats.errors("unknown_port"), 1);
         let mut text = String::new();
         stats.render_prometheus(&mut text);
-        assert!(text.contains("switch_applies_total{switch=\"sim1\",result=\"ok\"} 2"));
-        assert!(text.contains("switch_ports_changed_total{switch=\"sim1\"} 3"));
-        assert!(text.contains("switch_errors_total{switch=\"sim1\",kind=\"mismatch\"} 1"));
+        assert!(text.contains("metalfleet_switch_applies_total{switch=\"sim1\",result=\"ok\"} 2"));
+        assert!(text.contains("metalfleet_switch_ports_changed_total{switch=\"sim1\"} 3"));
+        assert!(
+            text.contains("metalfleet_switch_errors_total{switch=\"sim1\",kind=\"mismatch\"} 1")
+        );
     }
 }

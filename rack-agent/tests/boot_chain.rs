@@ -150,7 +150,10 @@ fn vm(ns: &Netns, tap: &str, mac: &str, uefi: bool, serial: &Path, log: &Path) -
 fn marker_line(serial: &Path) -> Option<String> {
     let bytes = std::fs::read(serial).ok()?;
     let text = String::from_utf8_lossy(&bytes);
-    text.lines()
+    // Only whole lines: the console is written while we read it.
+    let complete = &text[..text.rfind('\n')?];
+    complete
+        .lines()
         .find(|l| l.contains("METALFLEET-MARKER"))
         .map(|l| l.trim().to_owned())
 }

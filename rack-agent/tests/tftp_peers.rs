@@ -35,7 +35,7 @@ async fn tftp_hpa_fetches_octet_and_netascii() {
     assert_eq!(std::fs::read(&out).unwrap(), text, "{}", text_of(&o));
     // The server counts a transfer when the final ACK arrives, just after the client exits.
     poll("two transfers counted ok", || {
-        s.metric("tftp_requests_total{result=\"ok\"}") == 2
+        s.metric("metalfleet_tftp_requests_total{result=\"ok\"}") == 2
     })
     .await;
     s.stop().await;
@@ -63,7 +63,7 @@ async fn atftp_negotiates_blksize_tsize_windowsize() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(sha256_file(&out), sha256(&data));
     // 1428-byte blocks were used: about len/1428 blocks, far fewer than len/512.
-    let blocks = s.metric("tftp_blocks_sent_total");
+    let blocks = s.metric("metalfleet_tftp_blocks_sent_total");
     let min = data.len() as u64 / 1428 + 1;
     assert!(
         blocks >= min && blocks < min + 200,
@@ -148,7 +148,7 @@ async fn block_numbers_roll_over_past_65535() {
     assert_eq!(blocks[65_535], 0, "block 65536 goes out as 0");
     assert_eq!(blocks[65_536], 1);
     poll("transfer counted ok", || {
-        s.metric("tftp_requests_total{result=\"ok\"}") == 1
+        s.metric("metalfleet_tftp_requests_total{result=\"ok\"}") == 1
     })
     .await;
     s.stop().await;
@@ -196,20 +196,23 @@ async fn traversal_and_symlink_escape_are_refused() {
     assert!(text(&o).contains("Error code 2"), "{}", text(&o));
 
     assert_eq!(
-        s.metric("tftp_refused_paths_total{reason=\"traversal\"}"),
+        s.metric("metalfleet_tftp_refused_paths_total{reason=\"traversal\"}"),
         2
     );
-    assert_eq!(s.metric("tftp_refused_paths_total{reason=\"escape\"}"), 4);
     assert_eq!(
-        s.metric("tftp_refused_paths_total{reason=\"bad_character\"}"),
+        s.metric("metalfleet_tftp_refused_paths_total{reason=\"escape\"}"),
+        4
+    );
+    assert_eq!(
+        s.metric("metalfleet_tftp_refused_paths_total{reason=\"bad_character\"}"),
         1
     );
     assert_eq!(
-        s.metric("tftp_refused_paths_total{reason=\"not_regular\"}"),
+        s.metric("metalfleet_tftp_refused_paths_total{reason=\"not_regular\"}"),
         1
     );
     poll("not-found counted", || {
-        s.metric("tftp_requests_total{result=\"not_found\"}") == 1
+        s.metric("metalfleet_tftp_requests_total{result=\"not_found\"}") == 1
     })
     .await;
     s.stop().await;
@@ -291,11 +294,11 @@ async fn fifty_concurrent_fetches_succeed() {
         j.await.unwrap();
     }
     poll("fifty transfers counted ok", || {
-        s.metric("tftp_requests_total{result=\"ok\"}") == 50
+        s.metric("metalfleet_tftp_requests_total{result=\"ok\"}") == 50
     })
     .await;
     poll("active transfers to drain", || {
-        s.metric("tftp_active_transfers") == 0
+        s.metric("metalfleet_tftp_active_transfers") == 0
     })
     .await;
     s.stop().await;
@@ -317,14 +320,14 @@ async fn withheld_ack_gets_the_block_retransmitted() {
     let again = c.recv().await;
     assert_eq!(again, first);
     poll("retransmission counted", || {
-        s.metric("tftp_blocks_retransmitted_total") >= 1
+        s.metric("metalfleet_tftp_blocks_retransmitted_total") >= 1
     })
     .await;
-    assert!(s.metric("tftp_timeouts_total") >= 1);
+    assert!(s.metric("metalfleet_tftp_timeouts_total") >= 1);
     let (got, _) = c.finish(again, 512, 1).await;
     assert_eq!(got, data);
     poll("transfer counted ok", || {
-        s.metric("tftp_requests_total{result=\"ok\"}") == 1
+        s.metric("metalfleet_tftp_requests_total{result=\"ok\"}") == 1
     })
     .await;
     s.stop().await;
@@ -347,10 +350,10 @@ async fn silent_client_is_abandoned_after_retries() {
         assert!(matches!(c.recv().await, Got::Data(1, _)));
     }
     poll("transfer to time out", || {
-        s.metric("tftp_requests_total{result=\"timed_out\"}") == 1
+        s.metric("metalfleet_tftp_requests_total{result=\"timed_out\"}") == 1
     })
     .await;
-    assert_eq!(s.metric("tftp_active_transfers"), 0);
+    assert_eq!(s.metric("metalfleet_tftp_active_transfers"), 0);
     s.stop().await;
 }
 
@@ -383,7 +386,7 @@ async fn windowsize_sends_a_window_and_resends_after_a_partial_ack() {
     let (tail, _) = finish_from(&mut c, next, 6).await;
     rest.extend_from_slice(&tail);
     assert_eq!(sha256(&rest), sha256(&data));
-    assert!(s.metric("tftp_blocks_retransmitted_total") >= 11);
+    assert!(s.metric("metalfleet_tftp_blocks_retransmitted_total") >= 11);
     s.stop().await;
 }
 
@@ -434,7 +437,7 @@ async fn unknown_tid_gets_error_5_and_the_transfer_goes_on() {
     assert!(matches!(got, Got::Error(5, _)), "got {got:?}");
     let (bytes, _) = c.finish(first, 512, 1).await;
     assert_eq!(bytes, data);
-    assert_eq!(s.metric("tftp_unknown_tid_total"), 1);
+    assert_eq!(s.metric("metalfleet_tftp_unknown_tid_total"), 1);
     s.stop().await;
 }
 
@@ -455,8 +458,8 @@ async fn error_8_to_the_oack_ends_the_transfer() {
         .await
         .unwrap();
     poll("transfer to end", || {
-        s.metric("tftp_requests_total{result=\"client_error\"}") == 1
-            && s.metric("tftp_active_transfers") == 0
+        s.metric("metalfleet_tftp_requests_total{result=\"client_error\"}") == 1
+            && s.metric("metalfleet_tftp_active_transfers") == 0
     })
     .await;
     // Without options there is no OACK: DATA 1 comes straight away.
@@ -490,13 +493,28 @@ async fn garbage_is_counted_and_the_server_keeps_serving() {
     assert!(text(&o).contains("Error code 2"), "{}", text(&o));
     poll("malformed datagrams counted", || {
         let m = s.metrics();
-        metric(&m, "tftp_malformed_total{reason=\"short\"}") == 2
-            && metric(&m, "tftp_malformed_total{reason=\"unterminated\"}") == 1
-            && metric(&m, "tftp_malformed_total{reason=\"bad_string\"}") == 1
-            && metric(&m, "tftp_malformed_total{reason=\"odd_options\"}") == 1
-            && metric(&m, "tftp_malformed_total{reason=\"unexpected_opcode\"}") == 2
-            && metric(&m, "tftp_malformed_total{reason=\"unknown_opcode\"}") == 1
-            && metric(&m, "tftp_requests_total{result=\"write_refused\"}") == 1
+        metric(&m, "metalfleet_tftp_malformed_total{reason=\"short\"}") == 2
+            && metric(
+                &m,
+                "metalfleet_tftp_malformed_total{reason=\"unterminated\"}",
+            ) == 1
+            && metric(&m, "metalfleet_tftp_malformed_total{reason=\"bad_string\"}") == 1
+            && metric(
+                &m,
+                "metalfleet_tftp_malformed_total{reason=\"odd_options\"}",
+            ) == 1
+            && metric(
+                &m,
+                "metalfleet_tftp_malformed_total{reason=\"unexpected_opcode\"}",
+            ) == 2
+            && metric(
+                &m,
+                "metalfleet_tftp_malformed_total{reason=\"unknown_opcode\"}",
+            ) == 1
+            && metric(
+                &m,
+                "metalfleet_tftp_requests_total{result=\"write_refused\"}",
+            ) == 1
     })
     .await;
     let out = s.out("f");
@@ -530,16 +548,22 @@ async fn requests_beyond_max_transfers_get_server_busy() {
     let first = holder.recv().await;
     let o = tftp_hpa_get(s.addr, "binary", "f", &s.out("busy")).await;
     assert!(text(&o).contains("server busy"), "{}", text(&o));
-    assert_eq!(s.metric("tftp_requests_total{result=\"busy\"}"), 1);
+    assert_eq!(
+        s.metric("metalfleet_tftp_requests_total{result=\"busy\"}"),
+        1
+    );
     // A retransmitted RRQ from the holder is not a second transfer.
     holder.rrq("f", &[]).await;
     poll("duplicate RRQ counted", || {
-        s.metric("tftp_malformed_total{reason=\"duplicate_request\"}") == 1
+        s.metric("metalfleet_tftp_malformed_total{reason=\"duplicate_request\"}") == 1
     })
     .await;
     let (got, _) = holder.finish(first, 512, 1).await;
     assert_eq!(got, data);
-    poll("slot released", || s.metric("tftp_active_transfers") == 0).await;
+    poll("slot released", || {
+        s.metric("metalfleet_tftp_active_transfers") == 0
+    })
+    .await;
     let out = s.out("after");
     tftp_hpa_get(s.addr, "binary", "f", &out).await;
     assert_eq!(sha256_file(&out), sha256(&data));
@@ -567,15 +591,21 @@ async fn shutdown_stops_in_flight_transfers_within_a_bound() {
     let mut c = Raw::new(s.addr).await;
     c.rrq("f", &[]).await;
     assert!(matches!(c.recv().await, Got::Data(1, _)));
-    poll("transfer active", || s.metric("tftp_active_transfers") == 1).await;
+    poll("transfer active", || {
+        s.metric("metalfleet_tftp_active_transfers") == 1
+    })
+    .await;
     let deps = s.deps.clone();
     // `stop` waits for `run` to return: after the grace period the transfer is stopped.
     s.stop().await;
     let got = c.recv().await;
     assert_eq!(got, Got::Error(0, "server shutting down".into()));
     let m = deps.metrics.render();
-    assert_eq!(metric(&m, "tftp_requests_total{result=\"shutdown\"}"), 1);
-    assert_eq!(metric(&m, "tftp_active_transfers"), 0);
+    assert_eq!(
+        metric(&m, "metalfleet_tftp_requests_total{result=\"shutdown\"}"),
+        1
+    );
+    assert_eq!(metric(&m, "metalfleet_tftp_active_transfers"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -589,7 +619,7 @@ async fn changed_files_are_reread_and_large_files_streamed() {
     let out = s.out("a2");
     curl_get(s.addr, "a", &out, 1428).await;
     assert_eq!(sha256_file(&out), sha256(&v1));
-    assert_eq!(s.metric("tftp_cache_hits_total"), 1);
+    assert_eq!(s.metric("metalfleet_tftp_cache_hits_total"), 1);
     // A new version (other length) is not served from the cache.
     let v2 = pattern(120_000, 17);
     s.put("a", &v2);
@@ -603,7 +633,7 @@ async fn changed_files_are_reread_and_large_files_streamed() {
     let o = atftp_get(s.addr, "big", &out, &["blksize 1428", "windowsize 8"], &[]).await;
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(sha256_file(&out), sha256(&big));
-    assert_eq!(s.metric("tftp_cache_hits_total"), 1);
+    assert_eq!(s.metric("metalfleet_tftp_cache_hits_total"), 1);
     s.stop().await;
 }
 
@@ -643,9 +673,9 @@ async fn a_new_request_from_the_same_port_replaces_the_running_transfer() {
     let (got, _) = c.finish(first, 1428, 1).await;
     assert_eq!(got, data);
     poll("old transfer superseded, new one ok", || {
-        s.metric("tftp_requests_total{result=\"superseded\"}") == 1
-            && s.metric("tftp_requests_total{result=\"ok\"}") == 1
-            && s.metric("tftp_active_transfers") == 0
+        s.metric("metalfleet_tftp_requests_total{result=\"superseded\"}") == 1
+            && s.metric("metalfleet_tftp_requests_total{result=\"ok\"}") == 1
+            && s.metric("metalfleet_tftp_active_transfers") == 0
     })
     .await;
     s.stop().await;

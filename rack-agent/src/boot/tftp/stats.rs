@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use super::packet::Malformed;
 use crate::boot::Metrics;
 
-/// How a request ended (the `result` label of `tftp_requests_total`).
+/// How a request ended (the `result` label of `metalfleet_tftp_requests_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The whole file was sent and acknowledged.
@@ -67,7 +67,7 @@ impl Outcome {
     }
 }
 
-/// Why a path was refused (the `reason` label of `tftp_refused_paths_total`).
+/// Why a path was refused (the `reason` label of `metalfleet_tftp_refused_paths_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// A `..` component.
@@ -198,79 +198,79 @@ impl Metrics for TftpStats {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         header(
             out,
-            "tftp_requests_total",
+            "metalfleet_tftp_requests_total",
             "counter",
             "TFTP requests by result.",
         );
         for (o, c) in Outcome::ALL.iter().zip(&self.requests) {
             let _ = writeln!(
                 out,
-                "tftp_requests_total{{result=\"{}\"}} {}",
+                "metalfleet_tftp_requests_total{{result=\"{}\"}} {}",
                 o.label(),
                 load(c)
             );
         }
         header(
             out,
-            "tftp_malformed_total",
+            "metalfleet_tftp_malformed_total",
             "counter",
             "Datagrams dropped as malformed or unexpected, by reason.",
         );
         for (m, c) in Malformed::ALL.iter().zip(&self.malformed) {
             let _ = writeln!(
                 out,
-                "tftp_malformed_total{{reason=\"{}\"}} {}",
+                "metalfleet_tftp_malformed_total{{reason=\"{}\"}} {}",
                 m.label(),
                 load(c)
             );
         }
         header(
             out,
-            "tftp_refused_paths_total",
+            "metalfleet_tftp_refused_paths_total",
             "counter",
             "Requested paths refused, by reason.",
         );
         for (r, c) in Refusal::ALL.iter().zip(&self.refused) {
             let _ = writeln!(
                 out,
-                "tftp_refused_paths_total{{reason=\"{}\"}} {}",
+                "metalfleet_tftp_refused_paths_total{{reason=\"{}\"}} {}",
                 r.label(),
                 load(c)
             );
         }
         for (name, help, c) in [
             (
-                "tftp_bytes_sent_total",
+                "metalfleet_tftp_bytes_sent_total",
                 "File bytes sent in DATA blocks, retransmissions included.",
                 &self.bytes_sent,
             ),
             (
-                "tftp_blocks_sent_total",
+                "metalfleet_tftp_blocks_sent_total",
                 "DATA blocks sent, retransmissions included.",
                 &self.blocks_sent,
             ),
             (
-                "tftp_blocks_retransmitted_total",
+                "metalfleet_tftp_blocks_retransmitted_total",
                 "DATA blocks sent again after a timeout or a partial window ACK.",
                 &self.blocks_retransmitted,
             ),
             (
-                "tftp_timeouts_total",
+                "metalfleet_tftp_timeouts_total",
                 "Retransmission timeouts.",
                 &self.timeouts,
             ),
             (
-                "tftp_unknown_tid_total",
+                "metalfleet_tftp_unknown_tid_total",
                 "Packets from a foreign transfer ID, answered with ERROR 5.",
                 &self.unknown_tid,
             ),
             (
-                "tftp_cache_hits_total",
+                "metalfleet_tftp_cache_hits_total",
                 "File contents served from the in-memory cache.",
                 &self.cache_hits,
             ),
             (
-                "tftp_cache_misses_total",
+                "metalfleet_tftp_cache_misses_total",
                 "File contents read from disk.",
                 &self.cache_misses,
             ),
@@ -280,11 +280,15 @@ impl Metrics for TftpStats {
         }
         header(
             out,
-            "tftp_active_transfers",
+            "metalfleet_tftp_active_transfers",
             "gauge",
             "Transfers in flight.",
         );
-        let _ = writeln!(out, "tftp_active_transfers {}", self.active_transfers());
+        let _ = writeln!(
+            out,
+            "metalfleet_tftp_active_transfers {}",
+            self.active_transfers()
+        );
     }
 }
 
@@ -303,12 +307,12 @@ mod tests {
         s.active(1);
         let mut out = String::new();
         s.render_prometheus(&mut out);
-        assert!(out.contains("tftp_requests_total{result=\"busy\"} 1"));
-        assert!(out.contains("tftp_requests_total{result=\"ok\"} 0"));
-        assert!(out.contains("tftp_malformed_total{reason=\"short\"} 1"));
-        assert!(out.contains("tftp_refused_paths_total{reason=\"escape\"} 1"));
-        assert!(out.contains("tftp_bytes_sent_total 1000"));
-        assert!(out.contains("tftp_blocks_retransmitted_total 1"));
-        assert!(out.contains("tftp_active_transfers 1"));
+        assert!(out.contains("metalfleet_tftp_requests_total{result=\"busy\"} 1"));
+        assert!(out.contains("metalfleet_tftp_requests_total{result=\"ok\"} 0"));
+        assert!(out.contains("metalfleet_tftp_malformed_total{reason=\"short\"} 1"));
+        assert!(out.contains("metalfleet_tftp_refused_paths_total{reason=\"escape\"} 1"));
+        assert!(out.contains("metalfleet_tftp_bytes_sent_total 1000"));
+        assert!(out.contains("metalfleet_tftp_blocks_retransmitted_total 1"));
+        assert!(out.contains("metalfleet_tftp_active_transfers 1"));
     }
 }

@@ -915,7 +915,9 @@ async fn boot_vm_until(h: &Harness, uefi: bool, m: Mac, dir: &Path, needle: &str
     for _ in 0..1800 {
         let log = std::fs::read(&serial).unwrap_or_default();
         let log = String::from_utf8_lossy(&log);
-        if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+        // Only whole lines: the console is written while we read it.
+        let complete = log.rfind('\n').map_or("", |end| &log[..end]);
+        if let Some(line) = complete.lines().find(|l| l.contains(needle)) {
             let line = line.to_owned();
             let _ = vm.kill().await;
             return line;

@@ -37,15 +37,6 @@ const IP_PXE_BIOS: &str = "10.98.0.31";
 /// An unknown MAC asking like a UEFI x64 PXE ROM (udhcpc).
 const MAC_PXE_UEFI: &str = "52:54:00:4d:46:12";
 
-fn tool(name: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(found, "{name} is missing: apt-get install {package}");
-}
-
 fn node(n: u128, serial: &str, mac: &str, ip: &str, target: BootTarget) -> RackNode {
     let mac: Mac = mac.parse().unwrap();
     RackNode {
@@ -270,7 +261,7 @@ fn boot_chain_with_qemu_and_pxe_clients() {
         ("tftp", "tftp-hpa"),
         ("curl", "curl"),
     ] {
-        tool(t, p);
+        netns::require(t, p);
     }
     for f in [
         "/usr/share/ovmf/OVMF.fd",

@@ -277,3 +277,17 @@ pub fn write_atomic(path: &Path, content: &[u8]) {
     std::fs::write(&tmp, content).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
+
+/// Fails with the package to install when `binary` is missing (tests never skip silently).
+pub fn require(binary: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {binary}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{binary} not found: install the {package} package (apt-get install -y {package})"
+    );
+}

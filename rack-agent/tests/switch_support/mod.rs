@@ -18,19 +18,7 @@ use rack_agent::switch::{self, SwitchConfig, SwitchDriver};
 
 use crate::netns::{self, ChildGuard, Netns};
 
-/// Fails with the package to install when `binary` is missing (tests never skip silently).
-pub fn require(binary: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {binary}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{binary} not found: install the {package} package (apt-get install -y {package})"
-    );
-}
+pub use crate::netns::require;
 
 /// A process started in the test's own namespace, killed (SIGKILL) and reaped by PID on drop.
 pub struct ProcGuard {

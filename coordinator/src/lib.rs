@@ -15,3 +15,4 @@ pub use ::pki;
 pub mod raft;
 pub mod secrets;
 pub mod state;
+pub mod workflow;

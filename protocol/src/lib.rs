@@ -17,7 +17,9 @@ pub mod frame;
 pub mod ids;
 pub mod json;
 pub mod node;
+pub mod tenancy;
 pub mod version;
+pub mod workflow;
 
 pub use ids::*;
 

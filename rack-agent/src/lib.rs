@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod enroll;
 pub mod identity;
+pub mod reconcile;
 pub mod status;
 pub mod store;
 pub mod switch;

@@ -53,6 +53,7 @@ pub use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 pub mod agent;
+pub mod lab;
 
 /// How long a process may take to come up (API answering `/healthz`).
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);

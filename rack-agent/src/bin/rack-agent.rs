@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use protocol::domain::BmcDriver;
 use rack_agent::agent::Agent;
+use rack_agent::bmc::cli as bmc_cli;
+use rack_agent::bmc::BootOverride;
 use rack_agent::cli::{self, Source};
 use rack_agent::config::Config;
 use rack_agent::enroll::{self, EnrollRequest};
@@ -66,6 +69,29 @@ enum Command {
         #[arg(long, short, env = "RACK_AGENT_CONFIG")]
         config: PathBuf,
     },
+    /// One operation on a BMC through the agent's own drivers and `[bmc]` settings.
+    ///
+    /// Password from `METALFLEET_BMC_PASSWORD`. Redfish addresses may name the system:
+    /// `https://host:port/redfish/v1/Systems/<id>`.
+    Bmc {
+        /// Agent config file (TOML); its `[bmc]` section applies.
+        #[arg(long, short, env = "RACK_AGENT_CONFIG")]
+        config: PathBuf,
+        /// BMC protocol.
+        #[arg(long, value_enum)]
+        driver: DriverArg,
+        /// BMC address: `host[:port]` (IPMI) or `https://host[:port][/redfish/v1/Systems/<id>]`.
+        #[arg(long)]
+        address: String,
+        /// Login name.
+        #[arg(long)]
+        username: Option<String>,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "text")]
+        output: Output,
+        #[command(subcommand)]
+        op: BmcCommand,
+    },
     /// Queue synthetic CheckIn events (tests and demos).
     Emit {
         /// Agent config file (TOML).
@@ -78,6 +104,57 @@ enum Command {
         #[arg(long)]
         serial_prefix: String,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DriverArg {
+    Ipmi,
+    Redfish,
+}
+
+#[derive(Debug, Subcommand)]
+enum BmcCommand {
+    /// `power on|off|cycle|reset|soft|status`.
+    Power {
+        /// What to do.
+        action: String,
+    },
+    /// Set the boot device override: `bootdev pxe|disk|cdrom|bios|default`.
+    Bootdev {
+        /// Device.
+        device: String,
+        /// Boot in UEFI mode.
+        #[arg(long)]
+        uefi: bool,
+        /// For every following boot (default: the next boot only).
+        #[arg(long)]
+        persistent: bool,
+    },
+    /// Read the boot device override back.
+    Bootstatus,
+    /// Read the FRU / system identity (serial).
+    Fru,
+    /// Read the BMC's LAN settings.
+    Lan,
+}
+
+fn bmc_op(cmd: &BmcCommand) -> Result<bmc_cli::BmcOp, String> {
+    Ok(match cmd {
+        BmcCommand::Power { action } if action == "status" => bmc_cli::BmcOp::PowerStatus,
+        BmcCommand::Power { action } => bmc_cli::BmcOp::Power(bmc_cli::parse_power_action(action)?),
+        BmcCommand::Bootdev {
+            device,
+            uefi,
+            persistent,
+        } => bmc_cli::BmcOp::SetBoot(BootOverride {
+            device: bmc_cli::parse_boot_device(device)?,
+            uefi: *uefi,
+            persistent: *persistent,
+        }),
+        BmcCommand::Bootstatus => bmc_cli::BmcOp::BootStatus,
+        BmcCommand::Fru => bmc_cli::BmcOp::Fru,
+        BmcCommand::Lan => bmc_cli::BmcOp::Lan,
+    })
 }
 
 fn main() -> ExitCode {
@@ -199,6 +276,42 @@ async fn dispatch(command: Command) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => exit(e.exit_code(), &error_chain(&e)),
+            }
+        }
+        Command::Bmc {
+            config,
+            driver,
+            address,
+            username,
+            output,
+            op,
+        } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let op = match bmc_op(&op) {
+                Ok(op) => op,
+                Err(e) => return fail(2, &e),
+            };
+            let driver = match driver {
+                DriverArg::Ipmi => BmcDriver::Ipmi,
+                DriverArg::Redfish => BmcDriver::Redfish,
+            };
+            let password = std::env::var("METALFLEET_BMC_PASSWORD").ok();
+            let access = bmc_cli::access(driver, &address, username, password);
+            match bmc_cli::run(&config, &access, op).await {
+                Ok(answer) => {
+                    match output {
+                        Output::Json => match serde_json::to_string_pretty(&answer) {
+                            Ok(text) => println!("{text}"),
+                            Err(e) => return fail(1, &e.to_string()),
+                        },
+                        Output::Text => println!("{}", answer.render()),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, &error_chain(&e)),
             }
         }
         Command::Emit {

@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use protocol::domain::BmcDriver;
 use protocol::fleet::BmcAccess;
 
+pub mod cli;
 pub mod config;
 pub mod guard;
 pub mod ipmi;

@@ -64,6 +64,7 @@ async fn start(
         switch_ports: vec![],
         bmc: None,
         revision: 1,
+        power: None,
     };
     let deps = BootDeps::fixture(
         Arc::new(FixtureBackend::new([node])),

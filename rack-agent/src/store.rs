@@ -348,6 +348,8 @@ impl Store {
                 let id = match delta {
                     Delta::UpsertNode(node) => node.id,
                     Delta::RemoveNode(id) => *id,
+                    // Port intents are stored by the agent side of issue 7.
+                    Delta::UpsertPort(_) | Delta::RemovePort { .. } => continue,
                 };
                 let key = id.0.as_u128();
                 // Drop the index entries of the node's previous version.
@@ -722,6 +724,7 @@ mod tests {
             switch_ports: vec![],
             bmc: None,
             revision,
+            power: None,
         }
     }
 
@@ -748,6 +751,7 @@ mod tests {
             .apply_snapshot(&RackDesiredState {
                 revision: 10,
                 nodes: vec![node(1, 5), node(2, 10)],
+                ports: Vec::new(),
             })
             .unwrap();
         assert_eq!(store.revision().unwrap(), 10);
@@ -789,6 +793,7 @@ mod tests {
             .apply_snapshot(&RackDesiredState {
                 revision: 20,
                 nodes: vec![node(4, 20)],
+                ports: Vec::new(),
             })
             .unwrap();
         assert_eq!(store.nodes().unwrap(), [node(4, 20)]);
@@ -810,6 +815,7 @@ mod tests {
             .apply_snapshot(&RackDesiredState {
                 revision: 7,
                 nodes: vec![node(1, 7)],
+                ports: Vec::new(),
             })
             .unwrap();
         for from in [6, 8] {
@@ -833,6 +839,7 @@ mod tests {
             store.apply_snapshot(&RackDesiredState {
                 revision: 6,
                 nodes: vec![]
+                ports: Vec::new(),
             }),
             Err(StoreError::StaleSnapshot {
                 snapshot: 6,
@@ -843,6 +850,7 @@ mod tests {
             .apply_snapshot(&RackDesiredState {
                 revision: 7,
                 nodes: vec![node(1, 7)],
+                ports: Vec::new(),
             })
             .unwrap();
         assert_eq!(store.nodes().unwrap(), [node(1, 7)]);
@@ -857,6 +865,7 @@ mod tests {
                 .apply_snapshot(&RackDesiredState {
                     revision: 3,
                     nodes: vec![node(1, 3)],
+                    ports: Vec::new(),
                 })
                 .unwrap();
             store
@@ -1002,10 +1011,12 @@ mod tests {
         let newer = RackDesiredState {
             revision: 9,
             nodes: vec![node(1, 9)],
+            ports: Vec::new(),
         };
         let older = RackDesiredState {
             revision: 3,
             nodes: vec![node(2, 3)],
+            ports: Vec::new(),
         };
         store.apply_snapshot(&newer).unwrap();
         assert!(store.apply_snapshot(&older).is_err());

@@ -58,6 +58,7 @@ fn node(n: u128, serial: &str, mac: &str, ip: &str, target: BootTarget) -> RackN
         }],
         bmc: None,
         revision: 1,
+        power: None,
     }
 }
 
@@ -303,6 +304,7 @@ fn boot_chain_with_qemu_and_pxe_clients() {
                         BootTarget::Discovery,
                     ),
                 ],
+                ports: Vec::new(),
             })
             .unwrap();
     }

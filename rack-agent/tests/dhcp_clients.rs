@@ -260,6 +260,7 @@ fn node(mac_s: &str, ip: &str, serial: &str) -> RackNode {
         }],
         bmc: None,
         revision: 1,
+        power: None,
     }
 }
 

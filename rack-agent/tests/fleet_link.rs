@@ -118,6 +118,7 @@ fn node(n: u8, revision: u64) -> RackNode {
             password: Some("secret".into()),
         }),
         revision,
+        power: None,
     }
 }
 
@@ -182,6 +183,7 @@ async fn fleet_link_end_to_end() {
     link.send(CoordinatorMsg::Snapshot(RackDesiredState {
         revision: 5,
         nodes: vec![node(1, 5)],
+        ports: Vec::new(),
     }))
     .await;
     link.expect("AckRevision(5)", |m| {
@@ -330,6 +332,7 @@ async fn fleet_link_end_to_end() {
     link.send(CoordinatorMsg::Snapshot(RackDesiredState {
         revision: 3,
         nodes: vec![],
+        ports: Vec::new(),
     }))
     .await;
     let closed = tokio::time::timeout(Duration::from_secs(5), link.conn.closed())

@@ -50,6 +50,7 @@ fn node(n: u8, boot_target: BootTarget) -> RackNode {
         switch_ports: vec![],
         bmc: None,
         revision: 1,
+        power: None,
     }
 }
 

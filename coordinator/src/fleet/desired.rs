@@ -49,6 +49,7 @@ pub fn rack_node(state: &State, key: &SealingKey, node: &Node) -> RackNode {
         switch_ports: inv.map(|i| i.nics.clone()).unwrap_or_default(),
         bmc,
         revision: view_revision(state, node),
+        power: None,
     }
 }
 
@@ -64,7 +65,11 @@ pub fn snapshot(
         .filter_map(|id| state.nodes.get(id))
         .map(|n| rack_node(state, key, n))
         .collect();
-    RackDesiredState { revision, nodes }
+    RackDesiredState {
+        revision,
+        nodes,
+        ports: Vec::new(),
+    }
 }
 
 /// What changed in `rack` after revision `since`: nodes whose view changed, and nodes that

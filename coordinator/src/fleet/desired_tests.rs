@@ -184,6 +184,7 @@ fn snapshot_holds_exactly_the_racks_nodes_with_their_inventory() {
                 password: Some("pw-S1".to_owned()),
             }),
             revision: node.revision,
+            power: None,
         }
     );
     let bare = &snap.nodes[1];

@@ -1056,6 +1056,8 @@ impl State {
             EventKind::Log { .. } => {}
             // Boot decisions feed the node timeline (workflow issue); counted as applied.
             EventKind::Boot { .. } => {}
+            // Outcomes of power and port intents advance tenancy jobs.
+            EventKind::PowerApplied { .. } | EventKind::PortApplied { .. } => {}
         }
     }
 

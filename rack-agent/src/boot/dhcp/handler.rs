@@ -719,6 +719,7 @@ mod tests {
             }],
             bmc: None,
             revision: 1,
+            power: None,
         }
     }
 

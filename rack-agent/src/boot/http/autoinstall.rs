@@ -207,6 +207,7 @@ mod tests {
             switch_ports: vec![],
             bmc: None,
             revision: 1,
+            power: None,
         }
     }
 

@@ -370,6 +370,7 @@ mod tests {
             switch_ports: vec![],
             bmc: None,
             revision: 1,
+            power: None,
         };
         let s = render(Some(&node), &Mac([0; 6]), "http://h:1", &policy);
         assert!(s.lines().all(|l| l != "shell"), "{s}");

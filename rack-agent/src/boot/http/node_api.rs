@@ -336,6 +336,7 @@ mod tests {
             switch_ports: vec![],
             bmc: None,
             revision: 1,
+            power: None,
         }
     }
 

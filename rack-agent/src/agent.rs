@@ -218,6 +218,8 @@ impl Agent {
             bmcs,
             switches,
         };
+        // Power and switch ports follow the desired state from here on (offline too).
+        tasks.extend(crate::reconcile::spawn(&shared, &hardware, &cancel));
         if let Some(s) = http {
             tracing::info!(addr = %s.local_addr(), "HTTP boot server listening");
             tasks.push(tokio::spawn(s.run(cancel.clone())));

@@ -1,5 +1,7 @@
 //! The agent's local store (redb, `data_dir/agent.redb`): the rack's desired state with its
-//! revision, the fleet endpoints, certificate renewal info, and the durable event outbox.
+//! revision (nodes and switch-port intents), the generations of power and port intents the
+//! reconcilers have carried out, the fleet endpoints, certificate renewal info, and the durable
+//! event outbox.
 //!
 //! One process opens the file at a time (redb holds a file lock). Every write is a single redb
 //! transaction committed with [`Durability::Immediate`], so whatever a caller was told is
@@ -14,13 +16,23 @@
 //! | `nodes_by_mac` | MAC (`u64`, multimap)| node id (`u128`) — derived index, raw ints    |
 //! | `meta`         | name (`&str`)        | `schema`, `revision`, `endpoints`, `cert`, `next_seq`, `acked_seq` |
 //! | `outbox`       | event seq (`u64`)    | [`Event`]                                     |
+//! | `ports`        | (switch, port)       | [`PortIntent`]                                |
+//! | `power_applied`| node id (`u128`)     | (node id, [`Applied`]): last power generation acted on |
+//! | `ports_applied`| (switch, port)       | [`Applied`]: last port generation acted on    |
+//!
+//! An intent's outcome and its events are committed in one transaction
+//! ([`Store::record_power_applied`], [`Store::record_ports_applied`]), so after a crash the
+//! agent either acts again (the outcome was not recorded; power and port changes are
+//! idempotent) or has both the record and the events: never an event twice, never one lost.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use protocol::fleet::{Delta, Event, EventKind, RackDesiredState, RackNode};
-use protocol::{Mac, Revision};
+use std::collections::BTreeMap;
+
+use protocol::fleet::{Delta, Event, EventKind, PortIntent, RackDesiredState, RackNode};
+use protocol::{Mac, NodeId, Revision};
 use redb::{
     Database, Durability, MultimapTableDefinition, ReadableDatabase, ReadableTable,
     ReadableTableMetadata, TableDefinition, WriteTransaction,
@@ -33,6 +45,9 @@ const NODES_BY_MAC: MultimapTableDefinition<u64, u128> =
     MultimapTableDefinition::new("nodes_by_mac");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+const PORTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("ports");
+const POWER_APPLIED: TableDefinition<u128, &[u8]> = TableDefinition::new("power_applied");
+const PORTS_APPLIED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("ports_applied");
 
 const META_SCHEMA: &str = "schema";
 const META_REVISION: &str = "revision";
@@ -51,8 +66,9 @@ pub const RECORD_FORMAT: u8 = 1;
 pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
 /// Layout of the tables (which tables and indexes exist). Bumped when a table is added or the
-/// meaning of a key changes; the store refuses a file written with a newer schema.
-pub const SCHEMA_VERSION: u32 = 1;
+/// meaning of a key changes; the store refuses a file written with a newer schema and
+/// upgrades an older one in place (2: `ports`, `power_applied`, `ports_applied`).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +194,17 @@ pub struct CertInfo {
     pub not_after: i64,
 }
 
+/// What the agent did with one generation of an intent (power of a node, config of a port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The intent generation acted on; newer generations are pending.
+    pub generation: u64,
+    /// Whether it was carried out (false: the agent gave up and reported why).
+    pub ok: bool,
+    /// When, unix milliseconds.
+    pub at: i64,
+}
+
 /// Sequence numbers of the outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct OutboxCounters {
@@ -199,6 +226,8 @@ pub struct Store {
 struct Inner {
     db: Database,
     path: PathBuf,
+    /// Counts committed desired-state changes, so reconcilers wake when there is new work.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -232,6 +261,7 @@ impl Store {
             inner: Arc::new(Inner {
                 db,
                 path: path.to_owned(),
+                changes: tokio::sync::watch::Sender::new(0),
             }),
         };
         store.write("create tables", |txn, s| {
@@ -239,6 +269,11 @@ impl Store {
             txn.open_multimap_table(NODES_BY_MAC)
                 .map_err(s.db("create tables"))?;
             txn.open_table(OUTBOX).map_err(s.db("create tables"))?;
+            txn.open_table(PORTS).map_err(s.db("create tables"))?;
+            txn.open_table(POWER_APPLIED)
+                .map_err(s.db("create tables"))?;
+            txn.open_table(PORTS_APPLIED)
+                .map_err(s.db("create tables"))?;
             let mut meta = txn.open_table(META).map_err(s.db("create tables"))?;
             match s.meta_get::<u32, _>(&meta, META_SCHEMA)? {
                 Some(found) if found > SCHEMA_VERSION => {
@@ -247,8 +282,9 @@ impl Store {
                         found,
                     })
                 }
-                Some(_) => {}
-                None => s.meta_put(&mut meta, META_SCHEMA, &SCHEMA_VERSION)?,
+                Some(SCHEMA_VERSION) => {}
+                // Older layouts lack only tables, created above.
+                Some(_) | None => s.meta_put(&mut meta, META_SCHEMA, &SCHEMA_VERSION)?,
             }
             Ok(())
         })?;
@@ -298,7 +334,7 @@ impl Store {
 
     fn replace_state(&self, state: &RackDesiredState, allow_older: bool) -> Result<(), StoreError> {
         const OP: &str = "apply snapshot";
-        self.write(OP, |txn, s| {
+        self.write_desired(OP, |txn, s| {
             let stored = s.revision_in(txn)?;
             if state.revision < stored && !allow_older {
                 return Err(StoreError::StaleSnapshot {
@@ -319,6 +355,17 @@ impl Store {
                     macs.insert(mac_key(mac), id).map_err(s.db(OP))?;
                 }
             }
+            // Applied records stay: they are what makes a re-sent intent a no-op.
+            txn.delete_table(PORTS).map_err(s.db(OP))?;
+            let mut ports = txn.open_table(PORTS).map_err(s.db(OP))?;
+            for intent in &state.ports {
+                ports
+                    .insert(
+                        (intent.switch.as_str(), intent.port.as_str()),
+                        s.encode("port intent", intent)?.as_slice(),
+                    )
+                    .map_err(s.db(OP))?;
+            }
             let mut meta = txn.open_table(META).map_err(s.db(OP))?;
             s.meta_put(&mut meta, META_REVISION, &state.revision)
         })
@@ -337,19 +384,35 @@ impl Store {
         if to < from {
             return Err(StoreError::DeltaRange { from, to });
         }
-        self.write(OP, |txn, s| {
+        self.write_desired(OP, |txn, s| {
             let stored = s.revision_in(txn)?;
             if from != stored {
                 return Err(StoreError::RevisionMismatch { from, stored });
             }
             let mut nodes = txn.open_table(NODES).map_err(s.db(OP))?;
             let mut macs = txn.open_multimap_table(NODES_BY_MAC).map_err(s.db(OP))?;
+            let mut ports = txn.open_table(PORTS).map_err(s.db(OP))?;
+            let mut ports_applied = txn.open_table(PORTS_APPLIED).map_err(s.db(OP))?;
             for delta in deltas {
                 let id = match delta {
                     Delta::UpsertNode(node) => node.id,
                     Delta::RemoveNode(id) => *id,
-                    // Port intents are stored by the agent side of issue 7.
-                    Delta::UpsertPort(_) | Delta::RemovePort { .. } => continue,
+                    Delta::UpsertPort(intent) => {
+                        ports
+                            .insert(
+                                (intent.switch.as_str(), intent.port.as_str()),
+                                s.encode("port intent", intent)?.as_slice(),
+                            )
+                            .map_err(s.db(OP))?;
+                        continue;
+                    }
+                    Delta::RemovePort { switch, port } => {
+                        // Forgotten entirely: a later intent for the port is applied afresh.
+                        let key = (switch.as_str(), port.as_str());
+                        ports.remove(key).map_err(s.db(OP))?;
+                        ports_applied.remove(key).map_err(s.db(OP))?;
+                        continue;
+                    }
                 };
                 let key = id.0.as_u128();
                 // Drop the index entries of the node's previous version.
@@ -374,6 +437,118 @@ impl Store {
             }
             let mut meta = txn.open_table(META).map_err(s.db(OP))?;
             s.meta_put(&mut meta, META_REVISION, &to)
+        })
+    }
+
+    /// Wakes when the desired state changes (a snapshot or deltas committed): the value counts
+    /// changes since the store was opened. Reconcilers wait on it.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Every stored switch-port intent, sorted by (switch, port).
+    pub fn ports(&self) -> Result<Vec<PortIntent>, StoreError> {
+        const OP: &str = "read port intents";
+        let txn = self.inner.db.begin_read().map_err(self.db(OP))?;
+        let table = txn.open_table(PORTS).map_err(self.db(OP))?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(self.db(OP))? {
+            let (k, v) = item.map_err(self.db(OP))?;
+            let (switch, port) = k.value();
+            out.push(self.decode(v.value(), || format!("port intent {switch}/{port}"))?);
+        }
+        Ok(out)
+    }
+
+    /// The last power generation acted on, per node.
+    pub fn power_applied(&self) -> Result<BTreeMap<NodeId, Applied>, StoreError> {
+        const OP: &str = "read applied power";
+        let txn = self.inner.db.begin_read().map_err(self.db(OP))?;
+        let table = txn.open_table(POWER_APPLIED).map_err(self.db(OP))?;
+        let mut out = BTreeMap::new();
+        for item in table.iter().map_err(self.db(OP))? {
+            let (k, v) = item.map_err(self.db(OP))?;
+            // The value repeats the node id: the key is its raw integer form.
+            let (id, applied): (NodeId, Applied) = self.decode(v.value(), || {
+                format!("applied power of node {:032x}", k.value())
+            })?;
+            out.insert(id, applied);
+        }
+        Ok(out)
+    }
+
+    /// The last port generation acted on, per (switch, port).
+    pub fn ports_applied(&self) -> Result<BTreeMap<(String, String), Applied>, StoreError> {
+        const OP: &str = "read applied ports";
+        let txn = self.inner.db.begin_read().map_err(self.db(OP))?;
+        let table = txn.open_table(PORTS_APPLIED).map_err(self.db(OP))?;
+        let mut out = BTreeMap::new();
+        for item in table.iter().map_err(self.db(OP))? {
+            let (k, v) = item.map_err(self.db(OP))?;
+            let (switch, port) = k.value();
+            let applied = self.decode(v.value(), || format!("applied port {switch}/{port}"))?;
+            out.insert((switch.to_owned(), port.to_owned()), applied);
+        }
+        Ok(out)
+    }
+
+    /// Records what was done with power intent `applied.generation` of `node` and queues
+    /// `events` (its report), in one transaction. A record never moves backwards: an older
+    /// generation than the stored one changes nothing and queues nothing. Returns the events'
+    /// sequence numbers.
+    pub fn record_power_applied(
+        &self,
+        node: NodeId,
+        applied: Applied,
+        events: Vec<EventKind>,
+    ) -> Result<Vec<u64>, StoreError> {
+        const OP: &str = "record applied power";
+        self.write(OP, |txn, s| {
+            let mut table = txn.open_table(POWER_APPLIED).map_err(s.db(OP))?;
+            let key = node.0.as_u128();
+            let stored: Option<(NodeId, Applied)> = table
+                .get(key)
+                .map_err(s.db(OP))?
+                .map(|v| s.decode(v.value(), || format!("applied power of node {node}")))
+                .transpose()?;
+            if stored.is_some_and(|(_, a)| a.generation > applied.generation) {
+                return Ok(Vec::new());
+            }
+            table
+                .insert(key, s.encode("applied power", &(node, applied))?.as_slice())
+                .map_err(s.db(OP))?;
+            drop(table);
+            s.enqueue_in(txn, events)
+        })
+    }
+
+    /// Records what was done with the given port intent generations (one switch batch) and
+    /// queues `events` (one report per port), in one transaction. Ports whose stored record is
+    /// newer keep it. Returns the events' sequence numbers.
+    pub fn record_ports_applied(
+        &self,
+        applied: &[(String, String, Applied)],
+        events: Vec<EventKind>,
+    ) -> Result<Vec<u64>, StoreError> {
+        const OP: &str = "record applied ports";
+        self.write(OP, |txn, s| {
+            let mut table = txn.open_table(PORTS_APPLIED).map_err(s.db(OP))?;
+            for (switch, port, a) in applied {
+                let key = (switch.as_str(), port.as_str());
+                let stored: Option<Applied> = table
+                    .get(key)
+                    .map_err(s.db(OP))?
+                    .map(|v| s.decode(v.value(), || format!("applied port {switch}/{port}")))
+                    .transpose()?;
+                if stored.is_some_and(|old| old.generation > a.generation) {
+                    continue;
+                }
+                table
+                    .insert(key, s.encode("applied port", a)?.as_slice())
+                    .map_err(s.db(OP))?;
+            }
+            drop(table);
+            s.enqueue_in(txn, events)
         })
     }
 
@@ -431,33 +606,43 @@ impl Store {
     /// Appends events to the outbox in one transaction, stamped with the current time; returns
     /// their sequence numbers (consecutive, continuing the outbox's sequence: 1, 2, 3, ...).
     pub fn enqueue_many(&self, kinds: Vec<EventKind>) -> Result<Vec<u64>, StoreError> {
+        self.write("enqueue events", |txn, s| s.enqueue_in(txn, kinds))
+    }
+
+    /// Appends events to the outbox inside `txn`.
+    fn enqueue_in(
+        &self,
+        txn: &WriteTransaction,
+        kinds: Vec<EventKind>,
+    ) -> Result<Vec<u64>, StoreError> {
         const OP: &str = "enqueue events";
+        if kinds.is_empty() {
+            return Ok(Vec::new());
+        }
         let at = crate::unix_millis();
-        self.write(OP, |txn, s| {
-            let mut meta = txn.open_table(META).map_err(s.db(OP))?;
-            let mut next: u64 = s.meta_get(&meta, META_NEXT_SEQ)?.unwrap_or(1);
-            let mut outbox = txn.open_table(OUTBOX).map_err(s.db(OP))?;
-            let mut seqs = Vec::with_capacity(kinds.len());
-            for kind in kinds {
-                let event = Event {
-                    seq: next,
-                    at,
-                    kind,
-                };
-                let bytes = s.encode("event", &event)?;
-                if bytes.len() > MAX_EVENT_BYTES {
-                    return Err(StoreError::EventTooLarge {
-                        bytes: bytes.len(),
-                        max: MAX_EVENT_BYTES,
-                    });
-                }
-                outbox.insert(next, bytes.as_slice()).map_err(s.db(OP))?;
-                seqs.push(next);
-                next += 1;
+        let mut meta = txn.open_table(META).map_err(self.db(OP))?;
+        let mut next: u64 = self.meta_get(&meta, META_NEXT_SEQ)?.unwrap_or(1);
+        let mut outbox = txn.open_table(OUTBOX).map_err(self.db(OP))?;
+        let mut seqs = Vec::with_capacity(kinds.len());
+        for kind in kinds {
+            let event = Event {
+                seq: next,
+                at,
+                kind,
+            };
+            let bytes = self.encode("event", &event)?;
+            if bytes.len() > MAX_EVENT_BYTES {
+                return Err(StoreError::EventTooLarge {
+                    bytes: bytes.len(),
+                    max: MAX_EVENT_BYTES,
+                });
             }
-            s.meta_put(&mut meta, META_NEXT_SEQ, &next)?;
-            Ok(seqs)
-        })
+            outbox.insert(next, bytes.as_slice()).map_err(self.db(OP))?;
+            seqs.push(next);
+            next += 1;
+        }
+        self.meta_put(&mut meta, META_NEXT_SEQ, &next)?;
+        Ok(seqs)
     }
 
     /// Up to `limit` unacknowledged events, oldest first.
@@ -597,6 +782,17 @@ impl Store {
     }
 
     // ---- plumbing ----
+
+    /// [`Store::write`] of a desired-state change; tells subscribers once it is committed.
+    fn write_desired<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&WriteTransaction, &Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let out = self.write(op, f)?;
+        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(out)
+    }
 
     fn write<T>(
         &self,
@@ -838,7 +1034,7 @@ mod tests {
         assert!(matches!(
             store.apply_snapshot(&RackDesiredState {
                 revision: 6,
-                nodes: vec![]
+                nodes: vec![],
                 ports: Vec::new(),
             }),
             Err(StoreError::StaleSnapshot {
@@ -1023,6 +1219,144 @@ mod tests {
         store.apply_snapshot_allowing_rollback(&older).unwrap();
         assert_eq!(store.revision().unwrap(), 3);
         assert_eq!(store.nodes().unwrap(), [node(2, 3)]);
+    }
+
+    fn port(port: &str, vlan: u16, generation: u64) -> PortIntent {
+        PortIntent {
+            switch: "tor1".into(),
+            port: port.into(),
+            config: protocol::fleet::PortConfig::Access { vlan },
+            generation,
+        }
+    }
+
+    fn applied(generation: u64, ok: bool) -> Applied {
+        Applied {
+            generation,
+            ok,
+            at: 1,
+        }
+    }
+
+    #[test]
+    fn port_intents_and_applied_generations_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let changes;
+        {
+            let store = open(&dir);
+            let mut rx = store.subscribe();
+            store
+                .apply_snapshot(&RackDesiredState {
+                    revision: 1,
+                    nodes: vec![node(1, 1)],
+                    ports: vec![port("e1", 10, 1), port("e2", 10, 1)],
+                })
+                .unwrap();
+            store
+                .apply_deltas(
+                    1,
+                    2,
+                    &[
+                        Delta::UpsertPort(port("e2", 20, 2)),
+                        Delta::UpsertPort(port("e3", 30, 2)),
+                        Delta::RemovePort {
+                            switch: "tor1".into(),
+                            port: "e1".into(),
+                        },
+                    ],
+                )
+                .unwrap();
+            // Subscribers see both changes; a refused delta is not a change.
+            assert!(store.apply_deltas(7, 8, &[]).is_err());
+            assert!(rx.has_changed().unwrap());
+            changes = *rx.borrow_and_update();
+            assert_eq!(changes, 2);
+
+            let seqs = store
+                .record_ports_applied(
+                    &[
+                        ("tor1".into(), "e2".into(), applied(2, true)),
+                        ("tor1".into(), "e3".into(), applied(2, false)),
+                    ],
+                    vec![checkin(1), checkin(2)],
+                )
+                .unwrap();
+            assert_eq!(seqs, [1, 2]);
+            // An older generation never overwrites a newer record.
+            store
+                .record_ports_applied(&[("tor1".into(), "e2".into(), applied(1, false))], vec![])
+                .unwrap();
+            let id = node(1, 1).id;
+            store
+                .record_power_applied(id, applied(5, true), vec![checkin(3)])
+                .unwrap();
+            // Older power generation: no record change, no events.
+            assert!(store
+                .record_power_applied(id, applied(4, false), vec![checkin(4)])
+                .unwrap()
+                .is_empty());
+        }
+        let store = open(&dir);
+        assert_eq!(
+            store.ports().unwrap(),
+            [port("e2", 20, 2), port("e3", 30, 2)]
+        );
+        let ports = store.ports_applied().unwrap();
+        assert_eq!(
+            ports[&("tor1".to_owned(), "e2".to_owned())],
+            applied(2, true)
+        );
+        assert_eq!(
+            ports[&("tor1".to_owned(), "e3".to_owned())],
+            applied(2, false)
+        );
+        assert_eq!(ports.len(), 2);
+        assert_eq!(
+            store.power_applied().unwrap()[&node(1, 1).id],
+            applied(5, true)
+        );
+        assert_eq!(store.outbox_depth().unwrap(), 3);
+
+        // Removing a port forgets its applied record too; a snapshot keeps the records.
+        store
+            .apply_deltas(
+                2,
+                3,
+                &[Delta::RemovePort {
+                    switch: "tor1".into(),
+                    port: "e3".into(),
+                }],
+            )
+            .unwrap();
+        store
+            .apply_snapshot(&RackDesiredState {
+                revision: 4,
+                nodes: vec![],
+                ports: vec![port("e2", 20, 2)],
+            })
+            .unwrap();
+        assert_eq!(store.ports().unwrap(), [port("e2", 20, 2)]);
+        let ports = store.ports_applied().unwrap();
+        assert_eq!(ports.len(), 1);
+        assert_eq!(
+            ports[&("tor1".to_owned(), "e2".to_owned())],
+            applied(2, true)
+        );
+    }
+
+    #[test]
+    fn an_older_schema_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(&dir);
+            store.write_meta("forge", META_SCHEMA, &1u32).unwrap();
+        }
+        let store = open(&dir);
+        assert_eq!(
+            store.read_meta::<u32>(META_SCHEMA).unwrap(),
+            Some(SCHEMA_VERSION)
+        );
+        assert!(store.ports().unwrap().is_empty());
     }
 
     #[test]

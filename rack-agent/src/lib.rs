@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod enroll;
+pub mod executor;
 pub mod identity;
 pub mod reconcile;
 pub mod status;

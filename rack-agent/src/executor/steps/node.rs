@@ -1,0 +1,539 @@
+//! Steps about the node itself: the executor-owned overrides (`boot.set`, `dhcp.reserve`),
+//! waits (`node.wait`), and work the node-agent does through the action queue (`node.run`,
+//! `node.template`, `bmc.configure`, `lldp.check`, `os.install`).
+
+use std::net::IpAddr;
+
+use serde_json::Value;
+
+use protocol::domain::BootTarget;
+use protocol::node::NodeAction;
+use protocol::workflow::{
+    Autoinstall, BmcConfigure, BootSet, CredentialSource, DhcpReserve, LldpCheck, NodeRun,
+    NodeTemplate, NodeWait, OsInstall, WaitFor,
+};
+
+use super::{parse_output, StepCtx, StepErr, StepOk};
+use crate::executor::DhcpPin;
+
+fn db_err(e: &crate::executor::ExecutorError) -> StepErr {
+    StepErr::failed(crate::error_chain(e))
+}
+
+/// `boot.set`: the executor's boot override for the node.
+pub(crate) fn boot_set(ctx: &StepCtx, p: &BootSet) -> Result<StepOk, StepErr> {
+    let target = p.target.clone();
+    ctx.sh
+        .set_override(ctx.node, |o| o.boot = Some(target))
+        .map_err(|e| db_err(&e))?;
+    Ok(StepOk::msg(format!("boots {:?} next", p.target)))
+}
+
+/// `dhcp.reserve`: pins the node's address (the inventory's static address for the
+/// interface, else its current lease) for the MAC of that interface.
+pub(crate) fn dhcp_reserve(ctx: &StepCtx, p: &DhcpReserve) -> Result<StepOk, StepErr> {
+    let node = ctx.rack_node()?;
+    let facts = ctx.facts()?;
+    let iface = p.interface.clone().or_else(|| {
+        node.static_ips
+            .iter()
+            .find(|s| s.interface != "bmc")
+            .map(|s| s.interface.clone())
+    });
+    let address: IpAddr = match &p.address {
+        Some(a) => a
+            .parse()
+            .map_err(|_| StepErr::failed(format!("address {a:?} is not an IP address")))?,
+        None => {
+            let inventory = iface.as_ref().and_then(|i| {
+                node.static_ips
+                    .iter()
+                    .find(|s| s.interface == *i)
+                    .map(|s| s.address)
+            });
+            let lease = facts
+                .pointer("/lease/ip")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok());
+            inventory.or(lease).ok_or_else(|| {
+                StepErr::failed(
+                    "no address to pin: no static address for the interface in the inventory \
+                     and no lease seen",
+                )
+            })?
+        }
+    };
+    let mac = iface
+        .as_ref()
+        .and_then(|i| node.switch_ports.iter().find(|n| n.name == *i))
+        .and_then(|n| n.mac)
+        .or_else(|| {
+            facts
+                .pointer("/lease/mac")
+                .and_then(Value::as_str)
+                .and_then(|m| m.parse().ok())
+        })
+        .or_else(|| node.macs.first().copied())
+        .ok_or_else(|| StepErr::failed("the node has no known MAC to pin an address for"))?;
+    ctx.sh
+        .set_override(ctx.node, |o| o.dhcp = Some(DhcpPin { mac, address }))
+        .map_err(|e| db_err(&e))?;
+    ctx.put_fact(
+        "dhcp.reserved",
+        serde_json::json!({"mac": mac.to_string(), "ip": address.to_string()}),
+        false,
+    )?;
+    Ok(StepOk::msg(format!("pinned {address} for {mac}")))
+}
+
+fn millis_at(facts: &Value, pointer: &str) -> Option<i64> {
+    facts.pointer(pointer).and_then(Value::as_i64)
+}
+
+/// Whether `w` happened at or after `since` (unix millis).
+fn happened(w: &WaitFor, facts: &Value, serial: &str, since: i64) -> Result<bool, StepErr> {
+    Ok(match w {
+        WaitFor::Checkin => millis_at(facts, "/metalfleet/checkin_at").is_some_and(|t| t >= since),
+        WaitFor::Identified => {
+            millis_at(facts, "/metalfleet/checkin_at").is_some_and(|t| t >= since)
+                && facts.pointer("/system/serial").and_then(Value::as_str) == Some(serial)
+        }
+        WaitFor::Event(name) => facts
+            .get("metalfleet")
+            .and_then(|m| m.get("events"))
+            .and_then(|e| e.get(name))
+            .and_then(Value::as_i64)
+            .is_some_and(|t| t >= since),
+        WaitFor::Condition(c) => c
+            .evaluate(facts)
+            .map_err(|e| StepErr::failed(format!("condition {c}: {e}")))?,
+    })
+}
+
+/// Waits until `w` happens after `since`, re-checking whenever facts change.
+async fn wait_for(ctx: &StepCtx, w: &WaitFor, since: i64) -> Result<(), StepErr> {
+    let serial = ctx.rack_node()?.serial.to_string();
+    let mut changed = ctx.sh.changed.subscribe();
+    loop {
+        changed.borrow_and_update();
+        if happened(w, &ctx.facts()?, &serial, since)? {
+            return Ok(());
+        }
+        if changed.changed().await.is_err() {
+            return Err(StepErr::failed("the executor is shutting down"));
+        }
+    }
+}
+
+/// `node.wait`.
+pub(crate) async fn wait(ctx: &StepCtx, p: &NodeWait) -> Result<StepOk, StepErr> {
+    wait_for(ctx, &p.wait_for, ctx.attempt_started_at).await?;
+    Ok(StepOk::msg(format!("{:?} seen", p.wait_for)))
+}
+
+/// `node.run`: the command through the node-agent; streamed lines land in the step log (and
+/// report progress); the exit code decides; the output may become facts.
+pub(crate) async fn run(ctx: &StepCtx, p: &NodeRun) -> Result<StepOk, StepErr> {
+    let Some(res) = ctx
+        .node_call(1, |id, secs| NodeAction::Run {
+            id,
+            command: p.command.clone(),
+            args: p.args.clone(),
+            timeout_secs: secs,
+        })
+        .await?
+    else {
+        return Err(StepErr::failed("node.run has a single action"));
+    };
+    if !p.expected_exit.contains(&res.exit_code) {
+        let tail: String = res
+            .output
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join(" | ");
+        return Err(StepErr {
+            message: format!(
+                "{} exited with {} (expected {:?}): {tail}",
+                p.command, res.exit_code, p.expected_exit
+            ),
+            exit_code: Some(res.exit_code),
+            lost: false,
+        });
+    }
+    if let Some(cap) = &p.facts {
+        let v = parse_output(cap.format, &res.output).map_err(StepErr::failed)?;
+        ctx.put_fact(&cap.key, v, false)?;
+    }
+    Ok(StepOk {
+        exit_code: Some(res.exit_code),
+        message: Some(format!("{} exited with {}", p.command, res.exit_code)),
+    })
+}
+
+/// `node.template`: renders the file and writes it through the node-agent.
+pub(crate) async fn template(ctx: &StepCtx, p: &NodeTemplate) -> Result<StepOk, StepErr> {
+    let content = ctx.render(&format!("template for {}", p.path), &p.template)?;
+    let res = ctx
+        .node_call(1, |id, _| NodeAction::Template {
+            id,
+            path: p.path.clone(),
+            content: content.clone(),
+            mode: p.mode.0,
+        })
+        .await?;
+    match res {
+        Some(r) if r.exit_code == 0 => Ok(StepOk::msg(format!(
+            "wrote {} ({} bytes)",
+            p.path,
+            content.len()
+        ))),
+        Some(r) => Err(StepErr {
+            message: format!("writing {}: {}", p.path, r.output.trim()),
+            exit_code: Some(r.exit_code),
+            lost: false,
+        }),
+        None => Err(StepErr::failed("node.template has a single action")),
+    }
+}
+
+/// The script `bmc.configure` runs in the microkernel: values come as positional arguments,
+/// never spliced into the script text.
+const BMC_CONFIGURE_SCRIPT: &str = r#"set -e
+tool="$1"; ch="$2"; uid="$3"; addr="$4"; mask="$5"; gw="$6"; user="$7"; pass="$8"
+if [ -n "$addr" ]; then
+  "$tool" lan set "$ch" ipsrc static
+  "$tool" lan set "$ch" ipaddr "$addr"
+fi
+if [ -n "$mask" ]; then "$tool" lan set "$ch" netmask "$mask"; fi
+if [ -n "$gw" ]; then "$tool" lan set "$ch" defgw ipaddr "$gw"; fi
+if [ -n "$user" ]; then
+  "$tool" user set name "$uid" "$user"
+  "$tool" user set password "$uid" "$pass"
+  "$tool" channel setaccess "$ch" "$uid" link=on ipmi=on callin=on privilege=4
+  "$tool" user enable "$uid"
+fi
+echo "bmc configured"
+"#;
+
+/// `bmc.configure`: sets the BMC's LAN and login from the microkernel with ipmitool, then
+/// re-reads `lan print` into `facts.bmc.lan`.
+pub(crate) async fn bmc_configure(ctx: &StepCtx, p: &BmcConfigure) -> Result<StepOk, StepErr> {
+    let node = ctx.rack_node()?;
+    let inv = node.static_ips.iter().find(|s| s.interface == "bmc");
+    let address = p
+        .address
+        .clone()
+        .or_else(|| inv.map(|s| s.address.to_string()))
+        .unwrap_or_default();
+    let netmask = p
+        .netmask
+        .clone()
+        .or_else(|| inv.and_then(|s| prefix_to_mask(s.prefix)))
+        .unwrap_or_default();
+    let gateway = p
+        .gateway
+        .clone()
+        .or_else(|| inv.and_then(|s| s.gateway.map(|g| g.to_string())))
+        .unwrap_or_default();
+    let (user, pass) = match &p.credentials {
+        CredentialSource::Given { username, password } => (username.clone(), password.clone()),
+        CredentialSource::Inventory => {
+            let b = node.bmc.as_ref();
+            (
+                b.and_then(|b| b.username.clone()).unwrap_or_default(),
+                b.and_then(|b| b.password.clone()).unwrap_or_default(),
+            )
+        }
+    };
+    let args = vec![
+        "-c".to_owned(),
+        BMC_CONFIGURE_SCRIPT.to_owned(),
+        "bmc-configure".to_owned(),
+        p.ipmitool.clone(),
+        p.channel.to_string(),
+        p.user_id.to_string(),
+        address,
+        netmask,
+        gateway,
+        user,
+        pass,
+    ];
+    if let Some(r) = ctx
+        .node_call(1, |id, secs| NodeAction::Run {
+            id,
+            command: "sh".into(),
+            args,
+            timeout_secs: secs,
+        })
+        .await?
+    {
+        if r.exit_code != 0 {
+            return Err(StepErr {
+                message: format!("configuring the BMC failed: {}", r.output.trim()),
+                exit_code: Some(r.exit_code),
+                lost: false,
+            });
+        }
+    }
+    let Some(r) = ctx
+        .node_call(2, |id, secs| NodeAction::Run {
+            id,
+            command: p.ipmitool.clone(),
+            args: vec!["lan".into(), "print".into(), p.channel.to_string()],
+            timeout_secs: secs,
+        })
+        .await?
+    else {
+        return Err(StepErr::failed(
+            "bmc.configure: the re-read is its last action",
+        ));
+    };
+    if r.exit_code != 0 {
+        return Err(StepErr {
+            message: format!("re-reading the BMC LAN failed: {}", r.output.trim()),
+            exit_code: Some(r.exit_code),
+            lost: false,
+        });
+    }
+    let lan = parse_output(protocol::workflow::OutputFormat::KeyValue, &r.output)
+        .map_err(StepErr::failed)?;
+    let ip = lan
+        .get("IP Address")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown")
+        .to_owned();
+    ctx.put_fact("bmc.lan", lan, false)?;
+    Ok(StepOk {
+        exit_code: Some(0),
+        message: Some(format!("BMC configured; LAN re-read: ip {ip}")),
+    })
+}
+
+fn prefix_to_mask(prefix: u8) -> Option<String> {
+    if prefix > 32 {
+        return None;
+    }
+    let bits = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    Some(std::net::Ipv4Addr::from(bits).to_string())
+}
+
+/// Neighbours from `lldpctl -f json` (lldpd 1.x: `{"lldp":{"interface":{IF:{...}}}}` or a
+/// list of such objects): `[{interface, switch, port}]`.
+pub fn parse_lldp(v: &Value) -> Vec<Value> {
+    let mut entries: Vec<(String, &Value)> = Vec::new();
+    match &v["lldp"]["interface"] {
+        Value::Object(m) => entries.extend(m.iter().map(|(k, v)| (k.clone(), v))),
+        Value::Array(list) => {
+            for o in list.iter().filter_map(Value::as_object) {
+                entries.extend(o.iter().map(|(k, v)| (k.clone(), v)));
+            }
+        }
+        _ => {}
+    }
+    entries
+        .into_iter()
+        .map(|(iface, e)| {
+            let switch = e["chassis"]
+                .as_object()
+                .and_then(|c| c.keys().next().cloned());
+            let port = e["port"]["id"]["value"].as_str().map(str::to_owned);
+            serde_json::json!({"interface": iface, "switch": switch, "port": port})
+        })
+        .collect()
+}
+
+/// `lldp.check`: reads the neighbours on the node into `facts.lldp` and compares them with
+/// the expected switch ports (the step's, else the inventory's cabling).
+pub(crate) async fn lldp_check(ctx: &StepCtx, p: &LldpCheck) -> Result<StepOk, StepErr> {
+    let node = ctx.rack_node()?;
+    let Some(r) = ctx
+        .node_call(1, |id, secs| NodeAction::Run {
+            id,
+            command: "sh".into(),
+            args: vec!["-c".into(), p.command.clone()],
+            timeout_secs: secs,
+        })
+        .await?
+    else {
+        return Err(StepErr::failed("lldp.check has a single action"));
+    };
+    if r.exit_code != 0 {
+        return Err(StepErr {
+            message: format!("{} failed: {}", p.command, r.output.trim()),
+            exit_code: Some(r.exit_code),
+            lost: false,
+        });
+    }
+    let json: Value = serde_json::from_str(r.output.trim())
+        .map_err(|e| StepErr::failed(format!("{} did not print JSON: {e}", p.command)))?;
+    let seen = parse_lldp(&json);
+    ctx.put_fact("lldp", Value::Array(seen.clone()), false)?;
+    let expected: Vec<(String, String, String)> = if p.expected.is_empty() {
+        node.switch_ports
+            .iter()
+            .filter_map(|n| Some((n.name.clone(), n.switch.clone()?, n.port.clone()?)))
+            .collect()
+    } else {
+        p.expected
+            .iter()
+            .map(|e| (e.interface.clone(), e.switch.clone(), e.port.clone()))
+            .collect()
+    };
+    if expected.is_empty() {
+        return Err(StepErr::failed(
+            "nothing to check: the step names no neighbours and the inventory has no cabling",
+        ));
+    }
+    let mut wrong = Vec::new();
+    for (iface, switch, port) in &expected {
+        let found = seen.iter().find(|n| n["interface"] == iface.as_str());
+        match found {
+            Some(n) if n["switch"] == switch.as_str() && n["port"] == port.as_str() => {}
+            Some(n) => wrong.push(format!(
+                "{iface}: expected {switch} {port}, seen {} {}",
+                n["switch"].as_str().unwrap_or("?"),
+                n["port"].as_str().unwrap_or("?")
+            )),
+            None => wrong.push(format!("{iface}: expected {switch} {port}, no neighbour")),
+        }
+    }
+    if wrong.is_empty() {
+        Ok(StepOk::msg(format!(
+            "{} link(s) cabled as expected",
+            expected.len()
+        )))
+    } else {
+        Err(StepErr::failed(format!(
+            "cabling differs: {}",
+            wrong.join("; ")
+        )))
+    }
+}
+
+/// `os.install`: boot override to the installer, reboot, wait for the installer's done
+/// event. Phases are journaled, so a restart while the installer runs keeps waiting instead
+/// of rebooting the node again.
+pub(crate) async fn os_install(ctx: &StepCtx, p: &OsInstall) -> Result<StepOk, StepErr> {
+    let resumed_phase = ctx
+        .resume
+        .as_ref()
+        .and_then(|j| j.phase.clone().zip(j.phase_at));
+    let since = match resumed_phase {
+        Some((phase, at)) if phase == "waiting" || phase == "rebooting" => {
+            ctx.log(format!(
+                "re-attached in phase {phase}: waiting for {}",
+                p.done_event
+            ));
+            at
+        }
+        _ => {
+            let autoinstall = match &p.autoinstall {
+                None => None,
+                Some(Autoinstall::Name(n)) => Some(n.clone()),
+                Some(Autoinstall::Inline(text)) => Some(write_inline_autoinstall(ctx, text)?),
+            };
+            let target = BootTarget::Install {
+                kernel: p.kernel.clone(),
+                initrd: p.initrd.clone(),
+                cmdline: p.cmdline.clone(),
+                autoinstall,
+            };
+            ctx.sh
+                .set_override(ctx.node, |o| o.boot = Some(target))
+                .map_err(|e| db_err(&e))?;
+            let at = ctx.set_phase("rebooting")?;
+            reboot(ctx).await?;
+            ctx.set_phase("waiting")?;
+            at
+        }
+    };
+    wait_for(ctx, &WaitFor::Event(p.done_event.clone()), since).await?;
+    Ok(StepOk::msg(format!("installer reported {}", p.done_event)))
+}
+
+/// Reboots the node: power cycle through its BMC, else a reboot action for its node-agent.
+async fn reboot(ctx: &StepCtx) -> Result<(), StepErr> {
+    let node = ctx.rack_node()?;
+    if let Some(access) = &node.bmc {
+        let b = ctx
+            .sh
+            .hw
+            .bmcs
+            .connect(ctx.node, access)
+            .map_err(|e| StepErr::failed(crate::error_chain(&e)))?;
+        b.power(crate::bmc::PowerAction::Cycle)
+            .await
+            .map_err(|e| StepErr::failed(crate::error_chain(&e)))?;
+        ctx.log("power cycled through the BMC");
+        return Ok(());
+    }
+    let r = ctx.node_call(1, |id, _| NodeAction::Reboot { id }).await?;
+    match r {
+        Some(r) if r.exit_code == 0 => {
+            ctx.log("node-agent is rebooting the node");
+            Ok(())
+        }
+        Some(r) => Err(StepErr::failed(format!(
+            "reboot failed: {}",
+            r.output.trim()
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn write_inline_autoinstall(ctx: &StepCtx, text: &str) -> Result<String, StepErr> {
+    let dir = ctx.sh.config.autoinstall_dir.clone().ok_or_else(|| {
+        StepErr::failed("an inline autoinstall file needs the HTTP server's template directory")
+    })?;
+    let rendered = ctx.render("autoinstall", text)?;
+    let name = format!("metalfleet-runs/{}-{}.j2", ctx.run_id, ctx.index);
+    let path = dir.join(&name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StepErr::failed(format!("creating {}: {e}", parent.display())))?;
+    }
+    // Rendered here with the run's context; the HTTP server renders it again, so it must
+    // come through that second pass unchanged.
+    let body = format!("{{% raw %}}{rendered}{{% endraw %}}");
+    std::fs::write(&path, body)
+        .map_err(|e| StepErr::failed(format!("writing {}: {e}", path.display())))?;
+    Ok(name)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_and_lldp() {
+        assert_eq!(prefix_to_mask(24).as_deref(), Some("255.255.255.0"));
+        assert_eq!(prefix_to_mask(0).as_deref(), Some("0.0.0.0"));
+        assert_eq!(prefix_to_mask(33), None);
+        let v: Value = serde_json::from_str(
+            r#"{"lldp":{"interface":{"eth0":{"chassis":{"tor1":{}},"port":{"id":{"type":"ifname","value":"Ethernet1/12"}}}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            parse_lldp(&v),
+            vec![serde_json::json!({"interface":"eth0","switch":"tor1","port":"Ethernet1/12"})]
+        );
+    }
+
+    #[test]
+    fn waits_count_only_what_happened_after() {
+        let facts = serde_json::json!({
+            "metalfleet": {"checkin_at": 100, "events": {"os.installed": 50}},
+            "system": {"serial": "SN1"}
+        });
+        assert!(happened(&WaitFor::Checkin, &facts, "SN1", 100).unwrap());
+        assert!(!happened(&WaitFor::Checkin, &facts, "SN1", 101).unwrap());
+        assert!(happened(&WaitFor::Identified, &facts, "SN1", 10).unwrap());
+        assert!(!happened(&WaitFor::Identified, &facts, "SN2", 10).unwrap());
+        let ev = WaitFor::Event("os.installed".into());
+        assert!(!happened(&ev, &facts, "SN1", 60).unwrap());
+        assert!(happened(&ev, &facts, "SN1", 50).unwrap());
+    }
+}

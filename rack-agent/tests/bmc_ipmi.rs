@@ -421,3 +421,75 @@ async fn a_cancelled_call_leaves_no_ipmitool_behind() {
     // The address's turn was released with the dropped call.
     assert!(registry.lock_for(&address).try_lock().is_ok());
 }
+
+/// `rack-agent bmc` (the operator's and the lab's way to drive one BMC) against ipmi_sim: the
+/// same drivers and `[bmc]` overrides as the running agent; the password only from the
+/// environment and never echoed; a refusal exits 1 with the BMC's own words.
+#[test]
+fn rack_agent_bmc_subcommand_drives_ipmi_sim() {
+    let dir = tempdir();
+    let sim = IpmiSim::start(dir.path(), &[]);
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "rack = \"r1\"\ndata_dir = \"data\"\ncoordinators = []\n[bmc]\ntimeout_secs = 5\n\
+             retries = 1\nbackoff_ms = 10\n[[bmc.overrides]]\naddress = \"{}\"\nipmi_cipher_suite = 3\n",
+            sim.address()
+        ),
+    )
+    .unwrap();
+    let run = |password: &str, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rack-agent"))
+            .args(["bmc", "--config"])
+            .arg(&config)
+            .args(["--driver", "ipmi", "--address", &sim.address()])
+            .args(["--username", IPMI_USER])
+            .args(args)
+            .env("METALFLEET_BMC_PASSWORD", password)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(IPMI_PASSWORD, &["power", "on"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.trim(), "power: on");
+    assert_eq!(sim.state_file("power").as_deref(), Some("1"));
+
+    let (code, out, err) = run(IPMI_PASSWORD, &["-o", "json", "power", "status"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["result"], "power");
+    assert_eq!(v["power"], "on");
+
+    let (code, out, err) = run(IPMI_PASSWORD, &["bootdev", "pxe", "--persistent"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("boot: pxe"), "{out}");
+    assert_eq!(sim.state_file("boot").as_deref(), Some("pxe"));
+
+    let (code, out, err) = run(IPMI_PASSWORD, &["-o", "json", "fru"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(IPMI_SIM_SERIAL), "{out}");
+
+    let (code, _, err) = run(IPMI_PASSWORD, &["power", "sideways"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("on, off, cycle"), "{err}");
+
+    let wrong = "not-the-password-7f3a";
+    let (code, out, err) = run(wrong, &["power", "off"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("error:"), "{err}");
+    assert!(
+        !err.contains(wrong) && !out.contains(wrong),
+        "password echoed: {err}"
+    );
+    assert_eq!(
+        sim.state_file("power").as_deref(),
+        Some("1"),
+        "refused, nothing changed"
+    );
+}

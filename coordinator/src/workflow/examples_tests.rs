@@ -1,0 +1,1 @@
+//! Loads the shipped buildout in examples/workflows/ and checks its expansion.

@@ -419,7 +419,7 @@ impl Store {
                 let old = nodes
                     .remove(key)
                     .map_err(s.db(OP))?
-                    .map(|v| s.decode::<RackNode>(v.value(), || format!("node {id}")))
+                    .map(|v| s.decode_node(v.value(), || format!("node {id}")))
                     .transpose()?;
                 if let Some(old) = old {
                     for mac in &old.macs {
@@ -565,7 +565,7 @@ impl Store {
         let mut out = Vec::new();
         for item in table.iter().map_err(self.db(OP))? {
             let (k, v) = item.map_err(self.db(OP))?;
-            out.push(self.decode(v.value(), || format!("node {:032x}", k.value()))?);
+            out.push(self.decode_node(v.value(), || format!("node {:032x}", k.value()))?);
         }
         Ok(out)
     }
@@ -592,7 +592,7 @@ impl Store {
         let Some(v) = nodes.get(id).map_err(self.db(OP))? else {
             return Ok(None);
         };
-        self.decode(v.value(), || format!("node {id:032x}"))
+        self.decode_node(v.value(), || format!("node {id:032x}"))
             .map(Some)
     }
 
@@ -885,11 +885,54 @@ impl Store {
         }
     }
 
+    /// A node record, also one written before [`RackNode::power`] existed (schema 1): postcard
+    /// records carry no field names, so such a record ends where `power` would start.
+    fn decode_node(&self, bytes: &[u8], what: impl Fn() -> String) -> Result<RackNode, StoreError> {
+        match self.decode::<RackNode>(bytes, &what) {
+            Err(StoreError::Decode {
+                source: postcard::Error::DeserializeUnexpectedEnd,
+                ..
+            }) => self
+                .decode::<RackNodeV1>(bytes, &what)
+                .map(RackNodeV1::into_current),
+            other => other,
+        }
+    }
+
     fn db<E: Into<redb::Error>>(&self, op: &'static str) -> impl Fn(E) -> StoreError + '_ {
         move |e| StoreError::Db {
             path: self.inner.path.clone(),
             op,
             source: Box::new(e.into()),
+        }
+    }
+}
+
+/// [`RackNode`] as schema 1 stored it (before power intents).
+#[derive(Serialize, Deserialize)]
+struct RackNodeV1 {
+    id: NodeId,
+    serial: protocol::Serial,
+    macs: Vec<Mac>,
+    boot_target: protocol::domain::BootTarget,
+    static_ips: Vec<protocol::domain::StaticIp>,
+    switch_ports: Vec<protocol::domain::ExpectedNic>,
+    bmc: Option<protocol::fleet::BmcAccess>,
+    revision: Revision,
+}
+
+impl RackNodeV1 {
+    fn into_current(self) -> RackNode {
+        RackNode {
+            id: self.id,
+            serial: self.serial,
+            macs: self.macs,
+            boot_target: self.boot_target,
+            static_ips: self.static_ips,
+            switch_ports: self.switch_ports,
+            bmc: self.bmc,
+            revision: self.revision,
+            power: None,
         }
     }
 }
@@ -1342,6 +1385,52 @@ mod tests {
             ports[&("tor1".to_owned(), "e2".to_owned())],
             applied(2, true)
         );
+    }
+
+    #[test]
+    fn nodes_stored_before_power_intents_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let n = node(1, 3);
+        let old = RackNodeV1 {
+            id: n.id,
+            serial: n.serial.clone(),
+            macs: n.macs.clone(),
+            boot_target: n.boot_target.clone(),
+            static_ips: vec![],
+            switch_ports: vec![],
+            bmc: Some(protocol::fleet::BmcAccess {
+                address: "10.0.0.5".into(),
+                driver: protocol::domain::BmcDriver::Ipmi,
+                username: None,
+                password: None,
+            }),
+            revision: 3,
+        };
+        store
+            .write("forge", |txn, s| {
+                let mut nodes = txn.open_table(NODES).map_err(s.db("forge"))?;
+                let mut macs = txn
+                    .open_multimap_table(NODES_BY_MAC)
+                    .map_err(s.db("forge"))?;
+                nodes
+                    .insert(n.id.0.as_u128(), s.encode("node", &old)?.as_slice())
+                    .map_err(s.db("forge"))?;
+                macs.insert(mac_key(&n.macs[0]), n.id.0.as_u128())
+                    .map_err(s.db("forge"))?;
+                Ok(())
+            })
+            .unwrap();
+        let read = store.nodes().unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].power, None);
+        assert_eq!(read[0].bmc.as_ref().unwrap().address, "10.0.0.5");
+        assert_eq!(store.node_by_mac(&n.macs[0]).unwrap().unwrap().id, n.id);
+        // A delta replacing it decodes the old record to drop its index entries.
+        store
+            .apply_deltas(0, 1, &[Delta::UpsertNode(node(1, 1))])
+            .unwrap();
+        assert_eq!(store.nodes().unwrap(), [node(1, 1)]);
     }
 
     #[test]

@@ -248,6 +248,7 @@ impl App {
         });
         tokio::spawn(crate::fleet::serve(fleet_endpoint, app.clone()));
         crate::identify::spawn(&app);
+        crate::tenancy_driver::spawn(&app);
         Ok(app)
     }
 

@@ -18,6 +18,8 @@ pub const DEFAULT_FLEET_LISTEN: &str = "127.0.0.1:7445";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// Default time one call of the identify hook may take.
 pub const DEFAULT_IDENTIFY_HOOK_TIMEOUT_SECS: u64 = 10;
+/// Default VLAN pool tenant networks take their 802.1Q ids from (inclusive).
+pub const DEFAULT_VLAN_POOL: (u16, u16) = (100, 999);
 
 /// A configuration problem, naming where it is.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,7 @@ struct RawConfig {
     max_body_bytes: Option<usize>,
     identify_hook_url: Option<String>,
     identify_hook_timeout_secs: Option<u64>,
+    vlan_pool: Option<String>,
 }
 
 /// Validated coordinator configuration.
@@ -82,6 +85,9 @@ pub struct Config {
     pub identify_hook_url: Option<reqwest::Url>,
     /// How long one call of the hook may take.
     pub identify_hook_timeout: std::time::Duration,
+    /// 802.1Q VLAN ids tenant networks get (inclusive range, `"100-999"` in the file); a
+    /// deleted network's VLAN returns to it.
+    pub vlan_pool: (u16, u16),
 }
 
 impl Config {
@@ -209,6 +215,10 @@ impl Config {
                 "set without identify_hook_url".into(),
             ));
         }
+        let vlan_pool = match raw.vlan_pool {
+            None => DEFAULT_VLAN_POOL,
+            Some(text) => parse_vlan_pool(&text).map_err(|m| err("vlan_pool", m))?,
+        };
         Ok(Config {
             file: path.to_owned(),
             id,
@@ -224,6 +234,7 @@ impl Config {
             max_body_bytes,
             identify_hook_url,
             identify_hook_timeout: std::time::Duration::from_secs(timeout_secs),
+            vlan_pool,
         })
     }
 
@@ -243,6 +254,18 @@ impl Config {
         sans.dedup();
         sans
     }
+}
+
+/// Parses a VLAN pool `"<first>-<last>"` within 1..=4094.
+fn parse_vlan_pool(text: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("{text:?} must be <first>-<last> with 1 <= first <= last <= 4094");
+    let (a, b) = text.split_once('-').ok_or_else(bad)?;
+    let a: u16 = a.trim().parse().map_err(|_| bad())?;
+    let b: u16 = b.trim().parse().map_err(|_| bad())?;
+    if a == 0 || a > b || b > 4094 {
+        return Err(bad());
+    }
+    Ok((a, b))
 }
 
 /// Host part of `host:port` (brackets of IPv6 literals removed).
@@ -333,5 +356,18 @@ mod tests {
         assert_eq!(c.api_url, format!("https://{DEFAULT_API_LISTEN}"));
         assert_eq!(c.raft_addr, DEFAULT_RAFT_LISTEN);
         assert!(c.cert_sans().contains(&"127.0.0.1".to_owned()));
+        assert_eq!(c.vlan_pool, DEFAULT_VLAN_POOL);
+    }
+
+    #[test]
+    fn vlan_pool_is_checked() {
+        let p = Path::new("/etc/mf/c.toml");
+        let base = "id = 1\ndata_dir = '/x'\n";
+        let c = Config::parse(p, &format!("{base}vlan_pool = '200-210'\n")).unwrap();
+        assert_eq!(c.vlan_pool, (200, 210));
+        for bad in ["'0-10'", "'10-5'", "'1-4095'", "'100'", "'a-b'"] {
+            let e = Config::parse(p, &format!("{base}vlan_pool = {bad}\n")).unwrap_err();
+            assert_eq!(e.key, "vlan_pool", "{bad}: {e}");
+        }
     }
 }

@@ -15,4 +15,5 @@ pub use ::pki;
 pub mod raft;
 pub mod secrets;
 pub mod state;
+pub mod tenancy_driver;
 pub mod workflow;

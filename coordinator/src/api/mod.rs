@@ -12,6 +12,7 @@ pub mod csv_import;
 pub mod error;
 pub mod extract;
 mod fleet;
+mod tenancy;
 
 use std::sync::Arc;
 
@@ -146,6 +147,7 @@ pub fn router(app: Arc<App>) -> Router {
         .routes(routes!(agents::enroll))
         .routes(routes!(agents::list_agents))
         .routes(routes!(agents::revoke_agent))
+        .merge(tenancy::routes())
         .split_for_parts();
     let doc = Arc::new(doc);
     let max_body = app.config.max_body_bytes;

@@ -1,6 +1,6 @@
 //! A rack's slice of the desired state, as its agent holds it: the snapshot at a revision
-//! and the deltas since one. Pure functions of [`State`]; BMC passwords are opened here, for
-//! the one rack whose link asks.
+//! and the deltas since one — nodes (with their power intents) and switch-port intents. Pure
+//! functions of [`State`]; BMC passwords are opened here, for the one rack whose link asks.
 
 use protocol::domain::Node;
 use protocol::fleet::{BmcAccess, Delta, RackDesiredState, RackNode};
@@ -49,7 +49,7 @@ pub fn rack_node(state: &State, key: &SealingKey, node: &Node) -> RackNode {
         switch_ports: inv.map(|i| i.nics.clone()).unwrap_or_default(),
         bmc,
         revision: view_revision(state, node),
-        power: None,
+        power: state.power_intent(node.id),
     }
 }
 
@@ -68,12 +68,12 @@ pub fn snapshot(
     RackDesiredState {
         revision,
         nodes,
-        ports: Vec::new(),
+        ports: state.port_intents(rack),
     }
 }
 
-/// What changed in `rack` after revision `since`: nodes whose view changed, and nodes that
-/// left the rack.
+/// What changed in `rack` after revision `since`: nodes whose view changed, nodes that left
+/// the rack, and switch-port intents that changed.
 pub fn deltas_since(state: &State, key: &SealingKey, rack: &RackId, since: Revision) -> Vec<Delta> {
     let mut out: Vec<Delta> = state
         .rack_node_ids(rack)
@@ -88,6 +88,12 @@ pub fn deltas_since(state: &State, key: &SealingKey, rack: &RackId, since: Revis
             .take_while(|((r, _), _)| r == rack)
             .filter(|(_, rev)| **rev > since)
             .map(|((_, id), _)| Delta::RemoveNode(*id)),
+    );
+    out.extend(
+        state
+            .port_intents_since(rack, since)
+            .into_iter()
+            .map(Delta::UpsertPort),
     );
     out
 }

@@ -153,6 +153,9 @@ pub enum Command {
         /// Target.
         target: String,
     },
+    /// Tenancy: allocation, networks, attachments, power, moves, leases (issue 7). Appended
+    /// last: postcard encodes a variant by its position.
+    Tenancy(super::tenancy::TenancyCommand),
 }
 
 impl Command {
@@ -180,6 +183,7 @@ impl Command {
             Command::RevokeAgent(_) => "rack.revoke_agent",
             Command::AgentEvents { .. } => "rack.events",
             Command::AgentLinkReport { .. } => "rack.link",
+            Command::Tenancy(t) => t.action(),
             Command::Note { action, .. } => action,
         }
     }
@@ -211,6 +215,7 @@ impl Command {
             | Command::AgentEvents { rack, .. }
             | Command::AgentLinkReport { rack, .. } => rack.to_string(),
             Command::RevokeAgent(r) => r.to_string(),
+            Command::Tenancy(t) => t.target(),
             Command::Note { target, .. } => target.clone(),
         }
     }
@@ -290,7 +295,9 @@ impl State {
             }
         }
         self.identified_now.clear();
+        self.tenancy.actor_now.clone_from(&req.actor);
         let result = self.apply_command(revision, req.at, &req.command);
+        self.tenancy.actor_now.clear();
         let identified = std::mem::take(&mut self.identified_now);
         let mut target = req.command.target();
         let outcome = match &result {
@@ -926,6 +933,7 @@ impl State {
                 self.dirty.insert(Key::Agent(rack.clone()));
                 Ok(Applied::Done)
             }
+            Command::Tenancy(t) => self.apply_tenancy(rev, at, t),
             Command::Note { .. } => Ok(Applied::Done),
         }
     }
@@ -1057,7 +1065,9 @@ impl State {
             // Boot decisions feed the node timeline (workflow issue); counted as applied.
             EventKind::Boot { .. } => {}
             // Outcomes of power and port intents advance tenancy jobs.
-            EventKind::PowerApplied { .. } | EventKind::PortApplied { .. } => {}
+            EventKind::PowerApplied { .. } | EventKind::PortApplied { .. } => {
+                self.apply_tenancy_event(rack, rev, e.at, &e.kind)
+            }
         }
     }
 

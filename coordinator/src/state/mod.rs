@@ -12,6 +12,9 @@ mod agent_tests;
 mod apply;
 #[cfg(test)]
 mod identify_tests;
+pub mod tenancy;
+#[cfg(test)]
+mod tenancy_tests;
 #[cfg(test)]
 mod tests;
 
@@ -87,6 +90,8 @@ pub enum Key {
     Lease(Mac),
     /// A node that left a rack (for that rack's deltas).
     Departure(RackId, NodeId),
+    /// A tenancy object (network, switch port, power intent, job, elastic lease).
+    Tenancy(tenancy::TenancyKey),
 }
 
 /// The whole desired state held by every coordinator.
@@ -121,6 +126,9 @@ pub struct State {
     /// Nodes that left a rack, with the revision they left at: the rack's agent is told to
     /// remove them.
     pub departures: BTreeMap<(RackId, NodeId), Revision>,
+    /// Networks, switch ports, power intents, jobs and elastic leases (issue 7).
+    #[serde(default)]
+    pub tenancy: tenancy::Tenancy,
 
     /// Index: serial → node id. Derived; rebuilt by [`State::rebuild_indexes`].
     #[serde(skip)]
@@ -186,6 +194,7 @@ impl State {
             let e = self.rack_changed.entry(rack.clone()).or_default();
             *e = (*e).max(*rev);
         }
+        self.rebuild_tenancy_indexes();
     }
 
     /// Ids of the nodes in `rack`.
@@ -282,6 +291,7 @@ impl State {
                 .keys()
                 .map(|(r, n)| Key::Departure(r.clone(), *n)),
         );
+        keys.extend(self.tenancy.keys().into_iter().map(Key::Tenancy));
         keys
     }
 
@@ -308,6 +318,7 @@ impl State {
                 let record = self.departures.get(&(r.clone(), *n)).map(|rev| (r, n, rev));
                 enc(record.as_ref())
             }
+            Key::Tenancy(k) => self.tenancy.encode(k),
         }
     }
 
@@ -329,6 +340,7 @@ impl State {
             Key::EnrollToken(k) => format!("enroll/{k}"),
             Key::Lease(k) => format!("lease/{k}"),
             Key::Departure(r, n) => format!("departure/{r}/{n}"),
+            Key::Tenancy(k) => tenancy::Tenancy::storage_key(k),
         }
     }
 
@@ -398,6 +410,7 @@ impl State {
                     postcard::from_bytes(bytes).map_err(err)?;
                 self.departures.insert((r, n), rev);
             }
+            t if tenancy::STORAGE_KINDS.contains(&t) => self.tenancy.load(t, storage_key, bytes)?,
             other => return Err(format!("unknown object kind {other:?} in {storage_key:?}")),
         }
         Ok(())

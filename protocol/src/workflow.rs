@@ -470,7 +470,9 @@ pub enum OutputFormat {
     /// The output parsed as a JSON document.
     Json,
     /// Lines `key: value` or `key=value` (e.g. `ipmitool lan print`), as an object of
-    /// strings; keys and values trimmed, lines without a separator ignored.
+    /// strings; keys lower-cased with runs of other characters than letters and digits
+    /// turned into `_` (`IP Address` → `ip_address`, so conditions can name them), values
+    /// trimmed, lines without a separator ignored.
     KeyValue,
 }
 

@@ -5,10 +5,11 @@
 //! - a string that is one whole expression (`"{{ disk_sizes }}"`) takes the expression's
 //!   value with its type (a list stays a list); any other string with markup is rendered to
 //!   a string (`"--runtime={{ drive_stress | seconds }}"`);
-//! - a substituted scalar then takes the type its field needs: `"{{ count }}"` fills a number
-//!   field and `args: ["{{ count }}"]` a string list alike;
+//! - a scalar then takes the type its field needs: `"{{ count }}"` fills a number field and
+//!   `args: ["{{ count }}", 4]` a string list alike (YAML's own typing of `4` or `true` is as
+//!   much a guess as the template author's, so the field decides);
 //! - fields the executor renders later on the agent (`node.template.template`,
-//!   `http.call.body`, `os.install.autoinstall`) are only syntax-checked;
+//!   `http.call.body`, `os.install.autoinstall.inline`) are only syntax-checked;
 //! - the filter `seconds` turns a duration (`72h`) into whole seconds (`259200`).
 
 use std::collections::BTreeMap;
@@ -150,14 +151,14 @@ fn substitute_str(
     }
 }
 
-/// Substitutes parameters into every string of a YAML value. Keys in `late` (top level only)
-/// are rendered by the executor: here they are only syntax-checked.
+/// Substitutes parameters into every string of a YAML value. Fields at the paths in `late` are
+/// rendered by the executor: here they are only syntax-checked.
 fn substitute(
     v: &Value,
     params: &BTreeMap<String, Value>,
     at: &str,
     path: &mut Vec<String>,
-    late: &[&str],
+    late: &[&[&str]],
     out: &mut Vec<Problem>,
 ) -> Value {
     let here = |path: &[String]| format!("{at}{}", path_text(path));
@@ -169,7 +170,7 @@ fn substitute(
                 .enumerate()
                 .map(|(i, item)| {
                     path.push(i.to_string());
-                    let r = substitute(item, params, at, path, &[], out);
+                    let r = substitute(item, params, at, path, late, out);
                     path.pop();
                     r
                 })
@@ -179,11 +180,11 @@ fn substitute(
             map.iter()
                 .map(|(k, item)| {
                     path.push(k.clone());
-                    let r = if late.contains(&k.as_str()) {
+                    let r = if late.iter().any(|l| l.iter().eq(path.iter())) {
                         check_late(item, &here(path), out);
                         item.clone()
                     } else {
-                        substitute(item, params, at, path, &[], out)
+                        substitute(item, params, at, path, late, out)
                     };
                     path.pop();
                     (k.clone(), r)
@@ -369,11 +370,11 @@ fn parse_backoff(v: &Value) -> Result<Backoff, String> {
 }
 
 /// Fields of a kind the executor renders with the node's data.
-fn late_fields(kind: &str) -> &'static [&'static str] {
+fn late_fields(kind: &str) -> &'static [&'static [&'static str]] {
     match kind {
-        "node.template" => &["template"],
-        "http.call" => &["body"],
-        "os.install" => &["autoinstall"],
+        "node.template" => &[&["template"]],
+        "http.call" => &[&["body"]],
+        "os.install" => &[&["autoinstall", "inline"]],
         _ => &[],
     }
 }

@@ -369,6 +369,13 @@ async fn run_step(
                     s.finished_at = Some(crate::unix_millis());
                     s.exit_code = ok.exit_code.or(s.exit_code);
                     s.message = ok.message;
+                    if let Some((percent, message)) = ok.progress {
+                        s.progress = Some(protocol::workflow::Progress {
+                            percent,
+                            message,
+                            at: crate::unix_millis(),
+                        });
+                    }
                     r.journal[i].backoff_until = None;
                 })?;
                 return Ok(StepEnd::Next(i + 1));

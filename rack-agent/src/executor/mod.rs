@@ -6,7 +6,7 @@
 //! [`Executor::status`], [`Executor::logs`]; status changes and log lines go to a
 //! [`RunSink`] (the agent's outbox). Observations the executor needs from the boot services
 //! (check-ins with facts, node-agent log lines, leases, named node events) arrive through
-//! [`Executor::tap`], an [`EventSink`] wrapped around the agent's own.
+//! [`tap`], an [`EventSink`] wrapped around the agent's own.
 //!
 //! Durability contract, per step: its Running state and attempt number are committed before
 //! the attempt starts; a node action id is committed before the action is queued. After a
@@ -465,7 +465,20 @@ impl Shared {
 #[derive(Clone)]
 pub struct Executor {
     shared: Arc<Shared>,
-    observe: mpsc::UnboundedSender<EventKind>,
+}
+
+/// What the boot services observed, on its way from a [`tap`] to the executor.
+#[derive(Debug)]
+pub struct Observations(mpsc::UnboundedReceiver<EventKind>);
+
+/// Wraps the agent's event sink: everything is forwarded to `inner` unchanged, and check-ins
+/// (facts), node-agent log lines (step logs and progress), leases and named node events are
+/// also copied to the executor that is opened with the returned [`Observations`]. Give the
+/// sink to the boot services as `BootDeps::events`; it can be made before the executor
+/// exists (the HTTP server that owns the node action queue is bound first).
+pub fn tap(inner: Arc<dyn EventSink>) -> (Arc<dyn EventSink>, Observations) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Arc::new(observe::Tap { inner, tx }), Observations(rx))
 }
 
 impl std::fmt::Debug for Executor {
@@ -528,6 +541,7 @@ impl Executor {
         config: ExecutorConfig,
         hw: ExecutorHardware,
         sink: Arc<dyn RunSink>,
+        observations: Observations,
     ) -> Result<Executor, ExecutorError> {
         let journal = journal::Journal::open(&config.data_dir.join(DB_FILE))?;
         let overrides = journal.overrides()?;
@@ -545,16 +559,12 @@ impl Executor {
             tasks: Mutex::default(),
             http: reqwest::Client::new(),
         });
-        let (tx, rx) = mpsc::unbounded_channel();
-        shared.spawn(observe::run(shared.clone(), rx));
+        shared.spawn(observe::run(shared.clone(), observations.0));
         for rec in runs.iter().filter(|r| !r.status.state.is_final()) {
             tracing::info!(run = %rec.run_id, node = %rec.node, "resuming run");
             shared.start_run(rec);
         }
-        Ok(Executor {
-            shared,
-            observe: tx,
-        })
+        Ok(Executor { shared })
     }
 
     /// Accepts a run for `node`. Idempotent by `run_id`: the same run again is
@@ -720,16 +730,6 @@ impl Executor {
     /// Records a named node event (`os.installed`...) for `node.wait` and `os.install`.
     pub fn report_event(&self, node: NodeId, name: &str) -> Result<(), ExecutorError> {
         observe::record_event(&self.shared, node, name)
-    }
-
-    /// Wraps the agent's event sink: everything is forwarded to `inner` unchanged, and the
-    /// executor also sees check-ins (facts), node-agent log lines (step logs and progress),
-    /// leases and named node events. Give this to the boot services as `BootDeps::events`.
-    pub fn tap(&self, inner: Arc<dyn EventSink>) -> Arc<dyn EventSink> {
-        Arc::new(observe::Tap {
-            inner,
-            tx: self.observe.clone(),
-        })
     }
 
     /// A receiver that changes whenever a run's status, a node's facts or an override

@@ -25,7 +25,7 @@ use crate::boot::EventSink;
 /// Prefix of a node-agent log line that reports a named node event.
 pub const EVENT_PREFIX: &str = "metalfleet.event ";
 
-/// The executor's [`EventSink`] wrapper (see [`super::Executor::tap`]).
+/// The executor's [`EventSink`] wrapper (see [`super::tap`]).
 pub struct Tap {
     pub(super) inner: Arc<dyn EventSink>,
     pub(super) tx: mpsc::UnboundedSender<EventKind>,

@@ -161,8 +161,11 @@ pub(crate) async fn ansible_run(ctx: &StepCtx, p: &AnsibleRun) -> Result<StepOk,
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
+        .process_group(0)
         .spawn()
         .map_err(|e| StepErr::failed(format!("cannot run {}: {e}", p.ansible_playbook)))?;
+    // A cancelled or timed-out attempt takes the playbook's forked workers with it.
+    let mut group = KillGroup(child.id());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     if let Some(out) = child.stdout.take() {
         let tx = tx.clone();
@@ -202,11 +205,13 @@ pub(crate) async fn ansible_run(ctx: &StepCtx, p: &AnsibleRun) -> Result<StepOk,
         .wait()
         .await
         .map_err(|e| StepErr::failed(format!("waiting for {}: {e}", p.ansible_playbook)))?;
+    group.0 = None;
     let code = status.code().unwrap_or(-1);
     if code == 0 {
         Ok(StepOk {
             exit_code: Some(0),
             message: Some(format!("{} succeeded", playbook.display())),
+            progress: None,
         })
     } else {
         Err(StepErr {
@@ -218,5 +223,20 @@ pub(crate) async fn ansible_run(ctx: &StepCtx, p: &AnsibleRun) -> Result<StepOk,
             exit_code: Some(code),
             lost: false,
         })
+    }
+}
+
+/// Kills a process group when dropped (unless disarmed by clearing the id).
+struct KillGroup(Option<u32>);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pgid}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }

@@ -40,6 +40,9 @@ pub struct StepOk {
     pub exit_code: Option<i32>,
     /// A note for the status (what was done).
     pub message: Option<String>,
+    /// The last progress its output reported (recorded with the result, so it does not
+    /// depend on the streamed log lines arriving first).
+    pub progress: Option<(u8, String)>,
 }
 
 impl StepOk {
@@ -47,6 +50,7 @@ impl StepOk {
         StepOk {
             exit_code: None,
             message: Some(message.into()),
+            progress: None,
         }
     }
 }
@@ -246,6 +250,8 @@ impl StepCtx {
         let ctx = self.template_context()?;
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        // Files written onto nodes keep their last newline.
+        env.set_keep_trailing_newline(true);
         env.render_str(text, ctx)
             .map_err(|e| StepErr::failed(format!("rendering {what}: {e}")))
     }

@@ -169,6 +169,11 @@ pub(crate) async fn run(ctx: &StepCtx, p: &NodeRun) -> Result<StepOk, StepErr> {
     Ok(StepOk {
         exit_code: Some(res.exit_code),
         message: Some(format!("{} exited with {}", p.command, res.exit_code)),
+        progress: res
+            .output
+            .lines()
+            .rev()
+            .find_map(crate::executor::observe::parse_progress),
     })
 }
 
@@ -308,6 +313,7 @@ pub(crate) async fn bmc_configure(ctx: &StepCtx, p: &BmcConfigure) -> Result<Ste
     Ok(StepOk {
         exit_code: Some(0),
         message: Some(format!("BMC configured; LAN re-read: ip {ip}")),
+        progress: None,
     })
 }
 

@@ -535,3 +535,84 @@ async fn a_killed_agent_finishes_the_rest_and_reports_each_generation_once() {
         "{calls:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_agent_follows_desired_state_changes() {
+    // In-process: the agent's reconcilers wake when its store takes new desired state (what
+    // the fleet link does with the coordinators' deltas), without a restart.
+    let dir = netns::tempdir();
+    let text = format!(
+        "rack = \"tenancy3\"\ndata_dir = \"{}\"\ncoordinators = []\n[bmc]\nsimulate = true\n\n\
+         [[switches]]\nname = \"tor1\"\ndriver = \"sim\"\nports = [\"e1\", \"e2\"]\n",
+        dir.path().join("data").display()
+    );
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, text).unwrap();
+    let agent = rack_agent::agent::Agent::start(Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let store = agent.shared().store.clone();
+    let tor1 = agent.hardware().switches["tor1"].clone();
+    let n1 = NodeId(uuid::Uuid::from_u128(1));
+    let n = node(
+        1,
+        "10.9.9.9",
+        PowerIntent {
+            on: true,
+            generation: 1,
+        },
+    );
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || {
+        s.apply_deltas(
+            0,
+            1,
+            &[
+                Delta::UpsertNode(n),
+                Delta::UpsertPort(access("tor1", "e2", 55, 1)),
+                Delta::UpsertPort(access("tor1", "nope", 55, 1)),
+            ],
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let events = loop {
+        let events: Vec<EventKind> = store
+            .pending(1000)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        let reports = port_reports(&events);
+        let power = events
+            .iter()
+            .any(|e| matches!(e, EventKind::PowerApplied { node, .. } if *node == n1));
+        if reports.len() == 2 && power {
+            break events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reconcilers did not act on the new desired state: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        tor1.read_port("e2").await.unwrap().mode.to_string(),
+        "access vlan 55"
+    );
+    let reports = port_reports(&events);
+    let nope = &reports[&("tor1".to_owned(), "nope".to_owned(), 1)];
+    assert!(
+        nope.len() == 1 && !nope[0].0 && nope[0].2.contains("no port nope"),
+        "{nope:?}"
+    );
+    assert!(events.contains(&EventKind::PowerApplied {
+        node: n1,
+        generation: 1,
+        ok: true,
+        message: String::new()
+    }));
+    agent.shutdown().await;
+}

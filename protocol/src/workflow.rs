@@ -470,9 +470,7 @@ pub enum OutputFormat {
     /// The output parsed as a JSON document.
     Json,
     /// Lines `key: value` or `key=value` (e.g. `ipmitool lan print`), as an object of
-    /// strings; keys lower-cased with runs of other characters than letters and digits
-    /// turned into `_` (`IP Address` → `ip_address`, so conditions can name them), values
-    /// trimmed, lines without a separator ignored.
+    /// strings; keys and values trimmed, lines without a separator ignored.
     KeyValue,
 }
 
@@ -492,7 +490,8 @@ fn default_format() -> OutputFormat {
     OutputFormat::Text
 }
 
-/// Parameters of `node.run`.
+/// Parameters of `node.run`. The step's `timeout` bounds the command: the node-agent kills it
+/// when the attempt's time is up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeRun {
@@ -712,7 +711,8 @@ pub struct LldpCheck {
     /// Neighbours to expect (empty: the cabling in the node's inventory record).
     #[serde(default)]
     pub expected: Vec<ExpectedNeighbour>,
-    /// Command that prints the neighbours as JSON in the microkernel.
+    /// Shell command line (run with `sh -c` in the microkernel) that prints the neighbours as
+    /// `lldpctl -f json` does.
     #[serde(default = "default_lldp_command")]
     pub command: String,
 }

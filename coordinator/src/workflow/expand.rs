@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 
 use minijinja::{Environment, UndefinedBehavior};
 use protocol::json::JsonValue;
-use protocol::workflow::{Backoff, HumanDuration, OnFailure, RunPlan, Step, StepKind};
+use protocol::workflow::{
+    Backoff, HumanDuration, NodeWait, OnFailure, RunPlan, Step, StepKind, WaitFor,
+};
 use serde_json::Value;
 
 use super::registry::TemplateRegistry;
@@ -47,6 +49,8 @@ const MAX_RETRIES: u64 = 1000;
 fn environment<'s>() -> Environment<'s> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // A substituted value keeps its text exactly, last newline included.
+    env.set_keep_trailing_newline(true);
     env.add_filter("seconds", seconds_filter);
     env
 }
@@ -421,6 +425,19 @@ fn build_step(
     }
 
     let kind = match typed_kind(st.kind, with, &sat("")) {
+        Ok(StepKind::NodeWait(NodeWait {
+            wait_for: WaitFor::Condition(c),
+        })) => record(
+            out,
+            sat("with.for.condition"),
+            c.resolve_params(params)
+                .map(|c| {
+                    StepKind::NodeWait(NodeWait {
+                        wait_for: WaitFor::Condition(c),
+                    })
+                })
+                .map_err(|e| e.to_string()),
+        ),
         Ok(k) => Some(k),
         Err(p) => {
             out.push(p);

@@ -585,6 +585,42 @@ fn late_rendered_fields_are_kept_and_syntax_checked() {
 }
 
 #[test]
+fn wait_conditions_take_parameters_and_substituted_text_is_kept_exactly() {
+    let text = tpl(
+        "  ip: { type: string, default: 10.0.0.5 }\n  motd: { type: string, default: \"hi\\n\" }",
+        r#"
+  - name: wait-ip
+    kind: node.wait
+    with: { for: { condition: "facts.bmc.ip == params.ip" } }
+  - name: write
+    kind: node.run
+    with: { command: "say {{ motd }}" }
+"#,
+    );
+    let reg = registry(&[&text]);
+    let plan = reg.check("t", None).unwrap();
+    match &plan.steps[0].kind {
+        StepKind::NodeWait(w) => match &w.wait_for {
+            protocol::workflow::WaitFor::Condition(c) => {
+                assert_eq!(c.to_string(), r#"facts.bmc.ip == "10.0.0.5""#);
+                assert!(c.evaluate(&json!({"bmc": {"ip": "10.0.0.5"}})).unwrap());
+            }
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    match &plan.steps[1].kind {
+        StepKind::NodeRun(r) => assert_eq!(r.command, "say hi\n"),
+        other => panic!("{other:?}"),
+    }
+    let bad = text.replace("params.ip", "params.address");
+    assert_eq!(
+        parse(&bad).unwrap_err(),
+        "t/steps[0](wait-ip).with.for.condition: params.address is not a parameter of this template"
+    );
+}
+
+#[test]
 fn registry_versions_are_immutable() {
     let v1 = tpl(NO_PARAMS, "  - {name: a, kind: bmc.validate}");
     let v2 = v1.replace("version: 1", "version: 2");

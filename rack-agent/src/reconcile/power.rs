@@ -32,6 +32,10 @@ pub fn connector(config: BmcConfig, registry: Arc<BmcRegistry>) -> Connector {
     })
 }
 
+/// Most BMC power operations in flight at once: a whole rack asked to power on must not start
+/// one `ipmitool` per node at the same moment on the agent's host.
+pub const MAX_CONCURRENT: usize = 16;
+
 /// Message of a node that has a power intent but no BMC access in the desired state.
 pub const NO_BMC: &str = "the node has no BMC access in the desired state";
 
@@ -39,6 +43,7 @@ pub const NO_BMC: &str = "the node has no BMC access in the desired state";
 pub struct PowerReconciler {
     ctx: Context,
     connect: Connector,
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for PowerReconciler {
@@ -52,7 +57,11 @@ impl std::fmt::Debug for PowerReconciler {
 impl PowerReconciler {
     /// A reconciler recording into `ctx`, reaching BMCs through `connect`.
     pub fn new(ctx: Context, connect: Connector) -> PowerReconciler {
-        PowerReconciler { ctx, connect }
+        PowerReconciler {
+            ctx,
+            connect,
+            permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT)),
+        }
     }
 }
 
@@ -76,13 +85,13 @@ impl Reconciler for PowerReconciler {
             if done.is_some_and(|g| g >= intent.generation) || busy.contains(&node.id) {
                 continue;
             }
-            let task = carry_out(
-                self.ctx.clone(),
-                self.connect.clone(),
-                node.id,
-                node.bmc.clone(),
-                intent,
-            );
+            let (ctx, connect, permits) =
+                (self.ctx.clone(), self.connect.clone(), self.permits.clone());
+            let task = async move {
+                // The semaphore is never closed, so acquiring only waits.
+                let _permit = permits.acquire_owned().await.ok();
+                carry_out(ctx, connect, node.id, node.bmc, intent).await
+            };
             out.push((node.id, Box::pin(task) as TaskFuture));
         }
         Ok(out)

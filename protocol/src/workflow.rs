@@ -217,23 +217,69 @@ impl<'de> Deserialize<'de> for FileMode {
         if !d.is_human_readable() {
             return u32::deserialize(d).map(FileMode);
         }
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Text {
-            Bits(u32),
-            Octal(String),
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = FileMode;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("octal permission bits like \"0644\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, bits: u64) -> Result<FileMode, E> {
+                u32::try_from(bits)
+                    .ok()
+                    .filter(|b| *b <= 0o7777)
+                    .map(FileMode)
+                    .ok_or_else(|| E::custom(WorkflowError::FileMode(bits.to_string())))
+            }
+            fn visit_i64<E: serde::de::Error>(self, bits: i64) -> Result<FileMode, E> {
+                let bits = u64::try_from(bits)
+                    .map_err(|_| E::custom(WorkflowError::FileMode(bits.to_string())))?;
+                self.visit_u64(bits)
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<FileMode, E> {
+                text.parse().map_err(E::custom)
+            }
         }
-        match Text::deserialize(d)? {
-            Text::Bits(b) if b <= 0o7777 => Ok(FileMode(b)),
-            Text::Bits(b) => Err(D::Error::custom(WorkflowError::FileMode(b.to_string()))),
-            Text::Octal(s) => s.parse().map_err(D::Error::custom),
-        }
+        d.deserialize_any(Text)
     }
 }
 
+/// OpenAPI schema of a type that travels as text in JSON.
+macro_rules! text_schema {
+    ($ty:ty, $name:literal, $description:literal, $example:literal) => {
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .description(Some($description))
+                    .examples([$example])
+                    .into()
+            }
+        }
+        impl utoipa::ToSchema for $ty {
+            fn name() -> std::borrow::Cow<'static, str> {
+                $name.into()
+            }
+        }
+    };
+}
+
+text_schema!(
+    HumanDuration,
+    "HumanDuration",
+    "A duration: a sum of <number><unit>, units ms, s, m, h, d",
+    "1h30m"
+);
+text_schema!(FileMode, "FileMode", "Octal Unix permission bits", "0644");
+text_schema!(
+    Condition,
+    "Condition",
+    "A condition on node facts (see the workflow documentation)",
+    "exists facts.bmc and facts.cpu.threads >= 8"
+);
+
 /// What a step does, with its typed parameters. The serde name of each variant is the `kind`
 /// written in templates (`bmc.power`, ...).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum StepKind {
     /// Drive the node's power through its BMC.
     #[serde(rename = "bmc.power")]
@@ -380,7 +426,7 @@ impl StepKind {
 }
 
 /// A power action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PowerAction {
     /// Power on (no-op when on).
@@ -396,7 +442,7 @@ pub enum PowerAction {
 }
 
 /// Parameters of `bmc.power`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BmcPower {
     /// What to do.
@@ -404,7 +450,7 @@ pub struct BmcPower {
 }
 
 /// A boot device a BMC can select.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BootDevice {
     /// Network boot (PXE / UEFI HTTP boot).
@@ -418,7 +464,7 @@ pub enum BootDevice {
 }
 
 /// Parameters of `bmc.boot_device`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BmcBootDevice {
     /// The device to boot from.
@@ -429,7 +475,7 @@ pub struct BmcBootDevice {
 }
 
 /// Parameters of `boot.set`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BootSet {
     /// What the node network-boots next; in YAML/JSON `{kind: discovery}`, `{kind: local}`,
@@ -439,7 +485,7 @@ pub struct BootSet {
 }
 
 /// What `node.wait` waits for. Only what happens after the step started counts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WaitFor {
     /// The node-agent checks in (the node booted the microkernel).
@@ -453,7 +499,7 @@ pub enum WaitFor {
 }
 
 /// Parameters of `node.wait`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeWait {
     /// What to wait for (`checkin`, `identified`, `{event: NAME}`, `{condition: EXPR}`).
@@ -462,7 +508,7 @@ pub struct NodeWait {
 }
 
 /// How a command's standard output becomes facts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputFormat {
     /// The whole output as one string.
@@ -475,7 +521,7 @@ pub enum OutputFormat {
 }
 
 /// Where a command's output goes in the node's facts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FactCapture {
     /// Dotted path under `facts` where the parsed output is stored (replacing what was
@@ -492,7 +538,7 @@ fn default_format() -> OutputFormat {
 
 /// Parameters of `node.run`. The step's `timeout` bounds the command: the node-agent kills it
 /// when the attempt's time is up.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeRun {
     /// Program to execute (no shell; use `sh` with `-c` for a pipeline).
@@ -520,7 +566,7 @@ fn yes() -> bool {
 }
 
 /// Parameters of `node.template`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeTemplate {
     /// Absolute path of the file on the node.
@@ -533,7 +579,7 @@ pub struct NodeTemplate {
 }
 
 /// Where BMC credentials come from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CredentialSource {
     /// The node's expected-inventory record (sealed at rest, opened by the coordinator only
@@ -556,7 +602,7 @@ fn inventory_credentials() -> CredentialSource {
 ///
 /// Addresses left out come from the node's expected-inventory static address on interface
 /// `bmc`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BmcConfigure {
     /// The BMC's new IPv4 address.
@@ -596,7 +642,7 @@ fn default_ipmitool() -> String {
 }
 
 /// Parameters of `bmc.validate`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BmcValidate {
     /// Protocol to try (default: the node's inventory BMC driver).
@@ -608,7 +654,7 @@ pub struct BmcValidate {
 }
 
 /// Parameters of `dhcp.reserve`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DhcpReserve {
     /// Inventory interface label whose static address to pin (default: the one the node
@@ -622,7 +668,7 @@ pub struct DhcpReserve {
 }
 
 /// Parameters of `redfish.firmware_update`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedfishFirmwareUpdate {
     /// URI the BMC downloads the image from.
@@ -636,7 +682,7 @@ pub struct RedfishFirmwareUpdate {
 }
 
 /// Parameters of `redfish.bios`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedfishBios {
     /// Attribute name → value (string, number or boolean), PATCHed to `Bios/Settings`.
@@ -647,7 +693,7 @@ pub struct RedfishBios {
 }
 
 /// A RAID level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RaidLevel {
     /// Striping.
@@ -663,7 +709,7 @@ pub enum RaidLevel {
 }
 
 /// One volume for `redfish.raid`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RaidVolume {
     /// Volume name.
@@ -679,7 +725,7 @@ pub struct RaidVolume {
 }
 
 /// Parameters of `redfish.raid`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedfishRaid {
     /// Storage controller id (default: the first one).
@@ -693,7 +739,7 @@ pub struct RedfishRaid {
 }
 
 /// An expected LLDP neighbour.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectedNeighbour {
     /// Interface on the node (inventory label or kernel name).
@@ -705,7 +751,7 @@ pub struct ExpectedNeighbour {
 }
 
 /// Parameters of `lldp.check`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LldpCheck {
     /// Neighbours to expect (empty: the cabling in the node's inventory record).
@@ -722,7 +768,7 @@ fn default_lldp_command() -> String {
 }
 
 /// An HTTP method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum HttpMethod {
     /// GET.
@@ -738,7 +784,7 @@ pub enum HttpMethod {
 }
 
 /// Parameters of `http.call`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpCall {
     /// Method.
@@ -767,7 +813,7 @@ fn default_method() -> HttpMethod {
 
 /// Parameters of `ansible.run`. The agent writes an inventory with the node as the only host
 /// (its address, `ansible_user`, the key below) and runs the playbook against it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnsibleRun {
     /// Playbook path on the rack agent's host (relative: to its playbook directory).
@@ -802,7 +848,7 @@ fn default_ansible_playbook() -> String {
 }
 
 /// Where an installer's autoinstall file comes from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Autoinstall {
     /// A template in the agent's autoinstall template directory.
@@ -814,7 +860,7 @@ pub enum Autoinstall {
 
 /// Parameters of `os.install`: set the boot target to the installer, power-cycle, wait for
 /// the `done_event`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OsInstall {
     /// Installer kernel (asset name or URL).
@@ -837,7 +883,7 @@ fn default_done_event() -> String {
 }
 
 /// What happens when a step has failed its last attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnFailure {
     /// The run fails.
@@ -850,7 +896,7 @@ pub enum OnFailure {
 }
 
 /// Delay before retry `n` (1-based): `initial × factor^(n-1)`, capped at `max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Backoff {
     /// Delay before the first retry.
@@ -886,7 +932,7 @@ impl Backoff {
 }
 
 /// One step of a plan: fully typed, parameters substituted.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Step {
     /// Unique within the plan; steps from included templates carry the include's prefix
     /// (`discovery/pin-ip`).
@@ -910,7 +956,7 @@ pub struct Step {
 }
 
 /// A run's plan for one node: what the agent executes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunPlan {
     /// Name of the template it was expanded from.
     pub template: String,
@@ -980,6 +1026,12 @@ mod tests {
         let bits: FileMode = serde_json::from_str("420").unwrap();
         assert_eq!(bits, FileMode(0o644));
         assert!(serde_json::from_str::<FileMode>("70000").is_err());
+        assert_eq!(
+            serde_json::from_str::<FileMode>("true")
+                .unwrap_err()
+                .to_string(),
+            "invalid type: boolean `true`, expected octal permission bits like \"0644\" at line 1 column 4"
+        );
         assert_eq!(serde_json::to_string(&FileMode(0o600)).unwrap(), "\"0600\"");
     }
 
@@ -1107,6 +1159,29 @@ mod tests {
         );
         assert_eq!(json["steps"][4]["kind"]["node.template"]["mode"], "0600");
         assert_eq!(serde_json::from_value::<RunPlan>(json).unwrap(), plan);
+    }
+
+    #[test]
+    fn openapi_schemas_follow_the_json_shape() {
+        use utoipa::PartialSchema;
+        let plan = serde_json::to_value(RunPlan::schema()).unwrap();
+        let steps = &plan["properties"]["steps"];
+        assert_eq!(steps["type"], "array", "{plan:#}");
+        let step = serde_json::to_value(Step::schema()).unwrap();
+        assert!(step["required"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("idempotent")));
+        let kind = serde_json::to_value(StepKind::schema())
+            .unwrap()
+            .to_string();
+        for name in StepKind::NAMES {
+            assert!(kind.contains(&format!("\"{name}\"")), "{name} in {kind}");
+        }
+        let wait = serde_json::to_value(NodeWait::schema()).unwrap();
+        assert!(wait["properties"].get("for").is_some(), "{wait:#}");
+        let duration = serde_json::to_value(HumanDuration::schema()).unwrap();
+        assert_eq!(duration["type"], "string");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::RunPlan;
 use crate::domain::UnixMillis;
 
 /// Where a step is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepState {
     /// Not reached yet.
@@ -32,7 +32,7 @@ impl StepState {
 }
 
 /// Where a run is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     /// Accepted by the agent, not started.
@@ -60,7 +60,7 @@ impl RunState {
 }
 
 /// How far a long step has got (a 72-hour drive stress).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Progress {
     /// 0..=100.
     pub percent: u8,
@@ -71,7 +71,7 @@ pub struct Progress {
 }
 
 /// One step's status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepStatus {
     /// The step's name in the plan.
     pub name: String,
@@ -108,7 +108,7 @@ impl StepStatus {
 }
 
 /// A run's status as the agent reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunStatus {
     /// Where the run is.
     pub state: RunState,

@@ -32,6 +32,7 @@ pub use access::CreatedToken;
 pub use agents::{AgentView, CreatedEnrollToken, EnrollResponse};
 pub use cluster::MembershipChanged;
 pub use fleet::{bmc_context, NodePatchInput};
+pub use tenancy::LeaseView;
 
 use self::auth::Principal;
 use self::error::{ApiError, ApiResult};

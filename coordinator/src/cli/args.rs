@@ -80,6 +80,15 @@ pub enum Command {
     Token(TokenCmd),
     /// The audit trail, newest first.
     Audit(AuditArgs),
+    /// Networks (tenancy).
+    #[command(subcommand)]
+    Network(super::tenancy::NetworkCmd),
+    /// Port and power jobs.
+    #[command(subcommand)]
+    Job(super::tenancy::JobCmd),
+    /// Elastic leases: nodes lent to another project for a time window.
+    #[command(subcommand)]
+    Lease(super::tenancy::LeaseCmd),
 }
 
 /// `metalctl cluster ...`
@@ -247,6 +256,9 @@ pub enum NodeCmd {
     },
     /// Change a node's desired state.
     Set(NodeSetArgs),
+    /// Tenancy: allocate, free, attach, detach, revert, power, move, ports.
+    #[command(flatten)]
+    Tenancy(super::tenancy::NodeTenancyCmd),
 }
 
 /// `metalctl node set ...`

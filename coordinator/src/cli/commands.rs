@@ -69,8 +69,29 @@ pub async fn execute(api: &Api, cmd: &Command, output: Output) -> Result<String,
         Command::User(c) => user(api, c).await?,
         Command::Token(c) => token(api, c).await?,
         Command::Audit(a) => audit(api, a).await?,
+        Command::Network(c) => tenancy_answer(super::tenancy::network(api, c).await?)?,
+        Command::Job(c) => tenancy_answer(super::tenancy::job(api, c).await?)?,
+        Command::Lease(c) => tenancy_answer(super::tenancy::lease(api, c).await?)?,
     };
     format(answer, output)
+}
+
+/// A tenancy answer as an [`Answer`]; a failed job (`--wait`) fails the command with exit
+/// code 5 and the job's error.
+fn tenancy_answer(a: super::tenancy::TenancyAnswer) -> Result<Answer, CliError> {
+    use super::tenancy::TenancyAnswer as T;
+    match a {
+        T::Doc(view, v) => Ok(Answer::Doc(View::Tenancy(view), v)),
+        T::Done(what) => Ok(Answer::Done(what)),
+        T::Failed(j) => Err(CliError::Api(protocol::error::ErrorBody::new(
+            ErrorCode::Conflict,
+            format!(
+                "job {} failed: {}",
+                j["id"],
+                j["error"].as_str().unwrap_or("no reason given")
+            ),
+        ))),
+    }
 }
 
 /// A write that must answer with a document.
@@ -382,6 +403,7 @@ async fn node(api: &Api, c: &NodeCmd) -> Result<Answer, CliError> {
             )
             .await
         }
+        NodeCmd::Tenancy(t) => tenancy_answer(super::tenancy::node(api, t).await?),
         NodeCmd::Set(s) => {
             let body = node_patch(s)?;
             write(

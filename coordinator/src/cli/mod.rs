@@ -13,3 +13,4 @@ pub mod config;
 pub mod error;
 pub mod render;
 pub mod table;
+pub mod tenancy;

@@ -57,6 +57,8 @@ pub enum View {
     CreatedToken,
     /// Audit entries.
     Audit,
+    /// Tenancy answers (networks, jobs, ports, leases).
+    Tenancy(super::tenancy::TenancyView),
 }
 
 /// Renders an API answer of shape `view` as text, with relative times counted back from
@@ -85,6 +87,7 @@ pub fn render(view: View, v: &Value, now: UnixMillis) -> Result<String, serde_js
         View::Tokens => tokens(&de::<Vec<TokenView>>(v)?),
         View::CreatedToken => created_token(&de(v)?),
         View::Audit => audit(&de::<Vec<AuditEntry>>(v)?),
+        View::Tenancy(t) => super::tenancy::render(t, v, now)?,
     })
 }
 

@@ -523,15 +523,27 @@ impl Lab {
     }
 
     fn build(&mut self) -> Result<()> {
+        let started = std::time::Instant::now();
         let microkernel = microkernel_dir()?;
+        let built = started.elapsed();
         self.namespaces()?;
         self.switches()?;
         self.cabling()?;
+        let net = started.elapsed();
         self.coordinators()?;
         self.fleet_records()?;
+        let coordinators = started.elapsed();
         let pins = self.bmcs()?;
         self.agents(&microkernel, &pins)?;
         self.wait_bmcs()?;
+        eprintln!(
+            "lab {}: up in {:.1?} (microkernel {built:.1?}, network {:.1?}, coordinators {:.1?}, agents and BMCs {:.1?})",
+            self.config.prefix,
+            started.elapsed(),
+            net - built,
+            coordinators - net,
+            started.elapsed() - coordinators,
+        );
         Ok(())
     }
 

@@ -21,7 +21,8 @@ they matter (a 307 from /Systems/<name> to /Systems/<uuid>; power changes that l
   /redfish/v1/TaskService/Tasks/<n>
 
 --power-hook SCRIPT is called like ipmi_sim's chassis_control (`set power 1|0`, `set reset 1`,
-`set boot pxe|default|cdrom`) on every change, so chassis_control_qemu.sh can power a QEMU VM.
+`set boot pxe|default|cdrom`) on every change, so chassis_control.sh can power a QEMU VM; its
+`get power` answer is the PowerState reported (a VM that powered itself off reads Off).
 
 The password comes from the VBMC_PASSWORD environment variable (never argv).
 Usage: redfish_bmc.py --port N --cert C --key K [--user admin] [--serial SN]
@@ -91,6 +92,29 @@ def settle_power():
     if p and time.time() >= p[1]:
         STATE["power"] = p[0]
         STATE["pending_power"] = None
+    if not STATE["pending_power"]:
+        # With a hook the "hardware" has the last word: a VM that powered itself off (or
+        # crashed) reads Off, like a real BMC reports a server that shut down.
+        hw = hook_power()
+        if hw is not None:
+            STATE["power"] = hw
+
+
+def hook_power():
+    """The hook's `get power` answer ("On"/"Off"), or None without a hook or an answer."""
+    if not ARGS.power_hook:
+        return None
+    try:
+        out = subprocess.run([ARGS.power_hook, "get", "power"], capture_output=True,
+                             text=True, check=False, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        if line.strip() == "power:1":
+            return "On"
+        if line.strip() == "power:0":
+            return "Off"
+    return None
 
 
 def reboot_applies_bios():

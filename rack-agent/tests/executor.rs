@@ -606,3 +606,145 @@ async fn agent_crash_mid_step_reruns_fails_or_reattaches() {
     assert_eq!(count_lines(&long_count), 1);
     assert_eq!(count_lines(&lab.path("count-idem")), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_delivery_and_during_an_install() {
+    let mut n10 = rack_node(10);
+    n10.switch_ports = vec![protocol::domain::ExpectedNic {
+        name: "eth0".into(),
+        mac: Some(mac(10)),
+        switch: Some("tor1".into()),
+        port: Some("Ethernet1/10".into()),
+    }];
+    let mut lab = Lab::new(vec![rack_node(8), rack_node(9), n10]);
+    let ex = lab.start().await;
+    let (n8, n9, n10) = (lab.nodes[0].id, lab.nodes[1].id, lab.nodes[2].id);
+    lab.boot_machine(2);
+    lab.checked_in(&ex, 2).await;
+
+    // Nodes 8 and 9 have no node-agent yet: their commands wait in the queue when the agent
+    // dies, so nobody knows whether they ran.
+    let base = lab.dir.path().to_owned();
+    let count = move |n: &str| base.join(format!("count-{n}"));
+    let mut again = step(
+        "again",
+        run_cmd(&format!("echo run >> {}", count("8").display())),
+    );
+    again.idempotent = true;
+    ex.submit("q8", n8, plan(vec![again])).unwrap();
+    let once = step(
+        "once",
+        run_cmd(&format!("echo run >> {}", count("9").display())),
+    );
+    ex.submit("q9", n9, plan(vec![once])).unwrap();
+
+    // Node 10: cabling check, then an install.
+    let lldp = lab.path("machines/lldp.json");
+    write(
+        &lldp,
+        r#"{"lldp":{"interface":{"eth0":{"chassis":{"tor1":{}},"port":{"id":{"type":"ifname","value":"Ethernet1/10"}}}}}}"#,
+    );
+    let install = OsInstall {
+        kernel: "debian/vmlinuz".into(),
+        initrd: "debian/initrd.gz".into(),
+        cmdline: "auto=true".into(),
+        autoinstall: Some(Autoinstall::Inline(
+            "hostname {{ hostname }}\nserial {{ serial }}\n".into(),
+        )),
+        done_event: "os.installed".into(),
+    };
+    ex.submit(
+        "install",
+        n10,
+        plan(vec![
+            step(
+                "cabling",
+                StepKind::LldpCheck(LldpCheck {
+                    expected: vec![],
+                    command: format!("cat {}", lldp.display()),
+                }),
+            ),
+            step("install", StepKind::OsInstall(install)),
+        ]),
+    )
+    .unwrap();
+    let sim = lab.bmcs.sim("bmc-10");
+    lab.wait_run(&ex, "install", "the installer booting", |s| {
+        s.steps[1].state == StepState::Running
+    })
+    .await;
+    poll("the power cycle", || {
+        matches!(ex.boot_override(n10), Some(BootTarget::Install { .. })).then_some(())
+    })
+    .await;
+    poll("queued commands for nodes 8 and 9", || {
+        (lab.pending_actions().len() == 2).then_some(())
+    })
+    .await;
+    poll("the node power cycled", || {
+        (sim.calls() >= 1
+            && ex
+                .logs("install", "install")
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("power cycled")))
+        .then_some(())
+    })
+    .await;
+    let bmc_calls = sim.calls();
+
+    lab.crash(ex).await;
+    let ex = lab.start().await;
+    lab.boot_machine(0);
+    lab.boot_machine(1);
+
+    // The idempotent command runs once (its first queueing never reached a node-agent).
+    let q8 = lab.finished(&ex, "q8").await;
+    assert_eq!(q8.state, RunState::Succeeded, "{q8:#?}");
+    assert_eq!(count_lines(&count("8")), 1);
+    lab.log_contains(&ex, "q8", "again", "lost across an agent restart")
+        .await;
+    // The other one fails clearly and does not run at all.
+    let q9 = lab.finished(&ex, "q9").await;
+    assert_eq!(q9.state, RunState::Failed, "{q9:#?}");
+    let m = q9.steps[0].message.clone().unwrap();
+    assert!(
+        m.contains("lost across an agent restart") && m.contains(INTERRUPTED),
+        "{m}"
+    );
+    assert_eq!(count_lines(&count("9")), 0);
+
+    // The install keeps waiting for its installer, without rebooting the node again; the
+    // installer's report (a node API log line) completes it.
+    let st = ex.status("install").unwrap();
+    assert_eq!(st.steps[0].state, StepState::Succeeded, "{st:#?}");
+    assert_eq!(ex.facts(n10).unwrap()["lldp"][0]["port"], "Ethernet1/10");
+    let body =
+        serde_json::json!({"mac": mac(10).to_string(), "lines": ["metalfleet.event os.installed"]});
+    let r = reqwest::Client::new()
+        .post(format!("{}/node/v1/logs", lab.url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let st = lab.finished(&ex, "install").await;
+    assert_eq!(st.state, RunState::Succeeded, "{st:#?}");
+    assert_eq!(sim.calls(), bmc_calls);
+    lab.log_contains(&ex, "install", "install", "re-attached in phase")
+        .await;
+    let Some(BootTarget::Install {
+        kernel,
+        autoinstall: Some(name),
+        ..
+    }) = ex.boot_override(n10)
+    else {
+        panic!("no install override");
+    };
+    assert_eq!(kernel, "debian/vmlinuz");
+    let text = std::fs::read_to_string(lab.path("agent/templates").join(&name)).unwrap();
+    assert_eq!(
+        text,
+        "{% raw %}hostname NA-0010\nserial NA-0010\n{% endraw %}"
+    );
+}

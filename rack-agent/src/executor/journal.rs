@@ -376,26 +376,37 @@ impl Journal {
         }
     }
 
-    /// Changes a node's facts in one transaction; returns them as stored.
+    /// Changes a node's facts in one transaction (read, `f`, write), so the observation task
+    /// and the steps never undo each other's changes; returns them as stored.
     pub fn update_facts(
         &self,
         node: NodeId,
         f: impl FnOnce(&mut serde_json::Value),
     ) -> Result<serde_json::Value, ExecutorError> {
         const OP: &str = "write facts";
-        let mut facts = self.facts(node)?;
-        if !facts.is_object() {
-            facts = serde_json::Value::Object(Default::default());
-        }
-        f(&mut facts);
-        let text = facts.to_string();
+        let key = node.to_string();
         self.write(OP, |txn, p| {
             let mut t = txn.open_table(FACTS).map_err(db_err(p, OP))?;
-            t.insert(node.to_string().as_str(), text.as_str())
+            let stored = t
+                .get(key.as_str())
+                .map_err(db_err(p, OP))?
+                .map(|g| g.value().to_owned());
+            let mut facts = match stored {
+                Some(text) => serde_json::from_str(&text).map_err(|e| ExecutorError::Facts {
+                    node,
+                    message: e.to_string(),
+                })?,
+                None => serde_json::Value::Null,
+            };
+            if !facts.is_object() {
+                facts = serde_json::Value::Object(Default::default());
+            }
+            f(&mut facts);
+            let text = facts.to_string();
+            t.insert(key.as_str(), text.as_str())
                 .map_err(db_err(p, OP))?;
-            Ok(())
-        })?;
-        Ok(facts)
+            Ok(facts)
+        })
     }
 
     /// Every node's overrides.

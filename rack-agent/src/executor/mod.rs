@@ -722,6 +722,24 @@ impl Executor {
             .and_then(|o| o.dhcp.clone())
     }
 
+    /// Applies the executor's overrides to a node as the desired state describes it: the
+    /// boot target `boot.set`/`os.install` chose, and the address `dhcp.reserve` pinned (as
+    /// the static address of the interface with the pinned MAC, which the DHCP server's
+    /// reservation lookup prefers). The agent's [`crate::boot::BootBackend`] calls it on
+    /// every node it returns, so DHCP, TFTP and HTTP all see the same answer.
+    pub fn apply_overrides(&self, node: &mut RackNode) {
+        let o = self
+            .shared
+            .overrides
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&node.id)
+            .cloned();
+        if let Some(o) = o {
+            apply_overrides(node, &o);
+        }
+    }
+
     /// The node's facts as the executor knows them (check-ins, captured outputs, webhooks).
     pub fn facts(&self, node: NodeId) -> Result<serde_json::Value, ExecutorError> {
         self.shared.journal.facts(node)
@@ -764,6 +782,42 @@ impl Executor {
     }
 }
 
+/// See [`Executor::apply_overrides`].
+pub fn apply_overrides(node: &mut RackNode, o: &NodeOverrides) {
+    if let Some(b) = &o.boot {
+        node.boot_target = b.clone();
+    }
+    if let Some(pin) = &o.dhcp {
+        let name = match node.switch_ports.iter().find(|n| n.mac == Some(pin.mac)) {
+            Some(n) => n.name.clone(),
+            None => {
+                let name = PIN_INTERFACE.to_owned();
+                node.switch_ports.push(protocol::domain::ExpectedNic {
+                    name: name.clone(),
+                    mac: Some(pin.mac),
+                    switch: None,
+                    port: None,
+                });
+                name
+            }
+        };
+        let old = node
+            .static_ips
+            .iter()
+            .position(|s| s.interface == name)
+            .map(|i| node.static_ips.remove(i));
+        node.static_ips.push(protocol::domain::StaticIp {
+            interface: name,
+            address: pin.address,
+            prefix: old.as_ref().map(|s| s.prefix).unwrap_or(24),
+            gateway: old.and_then(|s| s.gateway),
+        });
+    }
+}
+
+/// Interface label of a pinned address whose MAC the inventory does not list.
+pub const PIN_INTERFACE: &str = "pinned";
+
 /// Step index as the log table's key.
 pub(crate) fn step_key(i: usize) -> u32 {
     u32::try_from(i).unwrap_or(u32::MAX)
@@ -782,6 +836,56 @@ pub(crate) fn finish_pending(steps: &mut [StepStatus], state: protocol::workflow
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overrides_apply_to_the_node() {
+        let mac: Mac = "52:54:00:00:00:01".parse().unwrap();
+        let mut node = RackNode {
+            id: "00000000-0000-0000-0000-000000000001".parse().unwrap(),
+            serial: "SN1".parse().unwrap(),
+            macs: vec![mac],
+            boot_target: BootTarget::Discovery,
+            static_ips: vec![protocol::domain::StaticIp {
+                interface: "eno1".into(),
+                address: "10.0.0.9".parse().unwrap(),
+                prefix: 26,
+                gateway: Some("10.0.0.1".parse().unwrap()),
+            }],
+            switch_ports: vec![protocol::domain::ExpectedNic {
+                name: "eno1".into(),
+                mac: Some(mac),
+                switch: None,
+                port: None,
+            }],
+            bmc: None,
+            revision: 1,
+            power: None,
+        };
+        let o = NodeOverrides {
+            boot: Some(BootTarget::Local),
+            dhcp: Some(DhcpPin {
+                mac,
+                address: "10.0.0.20".parse().unwrap(),
+            }),
+        };
+        apply_overrides(&mut node, &o);
+        assert_eq!(node.boot_target, BootTarget::Local);
+        assert_eq!(node.static_ips.len(), 1);
+        assert_eq!(node.static_ips[0].address.to_string(), "10.0.0.20");
+        assert_eq!(node.static_ips[0].prefix, 26);
+        let other: Mac = "52:54:00:00:00:02".parse().unwrap();
+        let o = NodeOverrides {
+            boot: None,
+            dhcp: Some(DhcpPin {
+                mac: other,
+                address: "10.0.0.30".parse().unwrap(),
+            }),
+        };
+        apply_overrides(&mut node, &o);
+        assert_eq!(node.boot_target, BootTarget::Local);
+        assert_eq!(node.switch_ports[1].name, PIN_INTERFACE);
+        assert_eq!(node.static_ips[1].address.to_string(), "10.0.0.30");
+    }
 
     #[test]
     fn run_ids_are_checked() {

@@ -134,7 +134,7 @@ fn record(sh: &Shared, batch: Vec<EventKind>) -> Result<(), ExecutorError> {
         }
     }
     for ((run, step), l) in lines {
-        append_step_lines(sh, &run, step, l)?;
+        append_node_lines(sh, &run, step, l)?;
     }
     Ok(())
 }
@@ -154,21 +154,49 @@ pub(super) fn append_step_lines(
     step: usize,
     lines: Vec<String>,
 ) -> Result<(), ExecutorError> {
+    append_lines(sh, run, step, lines, false)
+}
+
+/// [`append_step_lines`] for lines a node-agent streamed: a `node.run` with `capture_logs:
+/// false` keeps none of them (its progress still counts).
+fn append_node_lines(
+    sh: &Shared,
+    run: &str,
+    step: usize,
+    lines: Vec<String>,
+) -> Result<(), ExecutorError> {
+    append_lines(sh, run, step, lines, true)
+}
+
+fn append_lines(
+    sh: &Shared,
+    run: &str,
+    step: usize,
+    lines: Vec<String>,
+    from_node: bool,
+) -> Result<(), ExecutorError> {
     let Some(rec) = sh.journal.run(run)? else {
         return Ok(());
     };
-    let Some(name) = rec.plan.steps.get(step).map(|s| s.name.clone()) else {
+    let Some(s) = rec.plan.steps.get(step) else {
         return Ok(());
     };
+    let name = s.name.clone();
+    let keep = !(from_node
+        && matches!(&s.kind, protocol::workflow::StepKind::NodeRun(r) if !r.capture_logs));
+    let progress = lines.iter().rev().find_map(|l| parse_progress(l));
+    let lines = if keep { lines } else { Vec::new() };
     sh.journal
         .append_logs(run, super::step_key(step), &lines, sh.config.max_log_lines)?;
-    let progress = lines.iter().rev().find_map(|l| parse_progress(l));
-    let mut events = vec![RunEvent::Log {
-        run: run.to_owned(),
-        node: rec.node,
-        step: name,
-        lines,
-    }];
+    let mut events = Vec::new();
+    if !lines.is_empty() {
+        events.push(RunEvent::Log {
+            run: run.to_owned(),
+            node: rec.node,
+            step: name,
+            lines,
+        });
+    }
     if let Some((percent, message)) = progress {
         let mut changed = false;
         let updated = sh.journal.update_run(run, |r| {
@@ -191,8 +219,10 @@ pub(super) fn append_step_lines(
             });
         }
     }
-    sh.sink.emit(events);
-    sh.poke();
+    if !events.is_empty() {
+        sh.sink.emit(events);
+        sh.poke();
+    }
     Ok(())
 }
 

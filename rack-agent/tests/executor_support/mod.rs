@@ -24,6 +24,7 @@ use protocol::{Mac, NodeId};
 use rack_agent::bmc::guard::CollectingObserver;
 use rack_agent::bmc::sim::SimBmc;
 use rack_agent::bmc::{Bmc, BmcError, BmcRegistry, GuardedBmc, RetryPolicy};
+use rack_agent::boot::http::node_api::NodeActions;
 use rack_agent::boot::http::{HttpConfig, HttpServer};
 use rack_agent::boot::{BootDeps, CollectingSink, ConfigCtx, FixtureBackend};
 use rack_agent::executor::{
@@ -151,6 +152,7 @@ pub async fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 struct Running {
     executor: Executor,
+    actions: NodeActions,
     server: JoinHandle<()>,
     cancel: CancellationToken,
 }
@@ -222,9 +224,11 @@ impl Lab {
         xc.autoinstall_dir = Some(self.path("agent/templates"));
         let executor = Executor::open(xc, hw, self.runs.clone(), observations).unwrap();
         let cancel = CancellationToken::new();
+        let actions = server.node_actions();
         let task = tokio::spawn(server.run(cancel.clone()));
         self.running = Some(Running {
             executor: executor.clone(),
+            actions,
             server: task,
             cancel,
         });
@@ -240,6 +244,25 @@ impl Lab {
         r.executor.shutdown().await;
         r.cancel.cancel();
         r.server.await.unwrap();
+    }
+
+    /// Ids of the actions queued and not yet completed.
+    pub fn pending_actions(&self) -> Vec<String> {
+        self.running
+            .as_ref()
+            .map(|r| {
+                r.actions
+                    .pending()
+                    .into_iter()
+                    .map(|(_, a, _)| a.id().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The agent's HTTP base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr.expect("agent started"))
     }
 
     /// Starts a real node-agent loop for node `n` of `self.nodes` (its machine's files under

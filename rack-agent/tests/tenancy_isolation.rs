@@ -9,8 +9,8 @@
 //!   are carried out (and a dead BMC reported) exactly once per generation across the restart.
 //!
 //! The desired state is seeded into the agent's store between runs (as the coordinators would
-//! have pushed it). Needs root, iproute2, openvswitch-switch, iputils-ping, curl, openipmi,
-//! ipmitool.
+//! have pushed it). Needs root, iproute2, openvswitch-switch, iputils-ping, curl, python3,
+//! openipmi, ipmitool.
 
 #![allow(clippy::unwrap_used)]
 
@@ -38,15 +38,25 @@ const AGENT: &str = env!("CARGO_BIN_EXE_rack-agent");
 fn tools() {
     require("ping", "iputils-ping");
     require("curl", "curl");
-    require("ethtool", "ethtool");
+    require("python3", "python3");
 }
 
-/// Turns off checksum offload on a host's `eth0`: the kernel would leave TCP checksums to a
-/// NIC that a veth does not have, and OVS's userspace datapath forwards the frames unfixed
-/// (ping works, every TCP segment is dropped by the receiver).
+/// Turns off transmit checksum offload on a host's `eth0`: the kernel would leave TCP
+/// checksums to a NIC that a veth does not have, and OVS's userspace datapath forwards the
+/// frames unfixed (ping works, every TCP segment is dropped by the receiver). The ethtool
+/// ioctl from python3 (`ethtool -K eth0 tx off`) spares the suite another package.
 fn no_offload(h: &Host) {
-    h.ns.exec(&["ethtool", "-K", "eth0", "tx", "off"]);
+    h.ns.exec(&["python3", "-c", NO_TX_CSUM_PY]);
 }
+
+/// `SIOCETHTOOL` with `ETHTOOL_STXCSUM` = 0 on `eth0`.
+const NO_TX_CSUM_PY: &str = r#"
+import ctypes, fcntl, socket, struct
+buf = ctypes.create_string_buffer(struct.pack("II", 0x17, 0))
+ifr = struct.pack("16sP", b"eth0", ctypes.addressof(buf))
+s = socket.socket()
+fcntl.ioctl(s.fileno(), 0x8946, ifr)
+"#;
 
 fn access(switch: &str, port: &str, vlan: u16, generation: u64) -> PortIntent {
     PortIntent {

@@ -649,6 +649,9 @@ impl State {
                         ));
                     }
                 }
+                if let Some(p) = &patch.project {
+                    self.tenancy_allows_reassign(*id, p.as_ref())?;
+                }
                 let node = self.nodes.get_mut(id).ok_or_else(|| {
                     refuse(ErrorCode::NotFound, format!("node {id} does not exist"))
                 })?;
@@ -721,6 +724,12 @@ impl State {
                     return Err(refuse(
                         ErrorCode::Conflict,
                         format!("project {name} still owns node {}", n.id),
+                    ));
+                }
+                if let Some(what) = self.tenancy_uses_project(name) {
+                    return Err(refuse(
+                        ErrorCode::Conflict,
+                        format!("project {name} still has {what}"),
                     ));
                 }
                 if let Some(u) = self

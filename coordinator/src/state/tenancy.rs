@@ -23,6 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{refuse, refuse_field, Applied, Key, Refusal, State};
 
+/// How long a finished job stays listed.
+pub const JOB_RETENTION_MS: UnixMillis = 7 * 24 * 60 * 60 * 1000;
+
 /// A switch port of a rack: (rack, switch, port).
 pub type PortKey = (RackId, String, String);
 
@@ -559,6 +562,65 @@ impl State {
             .leases
             .values()
             .find(|l| l.node == node && l.state != LeaseState::Ended)
+    }
+
+    /// Refuses a plain node patch that changes the project of a node that is attached to
+    /// networks, busy with a job or on lease: that is what free, move and leases are for.
+    pub(crate) fn tenancy_allows_reassign(
+        &self,
+        node: NodeId,
+        to: Option<&ProjectId>,
+    ) -> Result<(), Refusal> {
+        let Some(n) = self.nodes.get(&node) else {
+            return Ok(()); // PatchNode answers "not found" itself
+        };
+        if n.project.as_ref() == to {
+            return Ok(());
+        }
+        let field = |e: Refusal| e.with_field("project");
+        if let Some(p) = self
+            .tenancy
+            .node_ports(node)
+            .find(|p| !p.attachments.is_empty())
+        {
+            return Err(conflict(
+                "project",
+                format!(
+                    "NIC {} of node {node} is attached to {}; detach it first (or use node move)",
+                    p.nic,
+                    names(&p.attachments)
+                ),
+            ));
+        }
+        self.transfer_ready(n).map_err(field)?;
+        if let Some(l) = self.live_lease(node) {
+            return Err(conflict(
+                "project",
+                format!("node {node} is on lease {}; cancel it first", l.id),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What tenancy still holds of `project` (networks it owns or may use, leases), if
+    /// anything: a project in use cannot be deleted.
+    pub(crate) fn tenancy_uses_project(&self, project: &ProjectId) -> Option<String> {
+        if let Some(n) = self
+            .tenancy
+            .networks
+            .values()
+            .find(|n| n.owner.as_ref() == Some(project) || n.access.contains(project))
+        {
+            return Some(format!("network {}", n.name));
+        }
+        self.tenancy
+            .leases
+            .values()
+            .find(|l| {
+                l.state != LeaseState::Ended
+                    && (&l.project == project || l.owner.as_ref() == Some(project))
+            })
+            .map(|l| format!("lease {}", l.id))
     }
 
     /// Apply one tenancy command.
@@ -1657,6 +1719,7 @@ impl State {
         let lease = j.kind.transfer().and_then(|t| t.lease);
         self.tenancy.open_jobs.remove(&job);
         self.dirty_t(TenancyKey::Job(job));
+        self.prune_jobs(at);
         let keys: Vec<PortKey> = self
             .tenancy
             .ports
@@ -1688,6 +1751,19 @@ impl State {
                     };
                 }
             });
+        }
+    }
+
+    /// Forgets finished jobs last changed more than [`JOB_RETENTION_MS`] before `at`, oldest
+    /// first, stopping at the first job that is open or recent (ids grow with time).
+    fn prune_jobs(&mut self, at: UnixMillis) {
+        let cutoff = at.saturating_sub(JOB_RETENTION_MS);
+        while let Some((&id, j)) = self.tenancy.jobs.first_key_value() {
+            if !j.state.is_final() || j.updated_at >= cutoff {
+                break;
+            }
+            self.tenancy.jobs.remove(&id);
+            self.dirty_t(TenancyKey::Job(id));
         }
     }
 

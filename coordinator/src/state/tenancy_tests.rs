@@ -1186,3 +1186,86 @@ fn snapshots_and_deltas_carry_ports_and_power() {
         BootTarget::Discovery
     );
 }
+
+#[test]
+fn plain_patches_and_project_deletes_respect_tenancy() {
+    let mut lab = Lab::new();
+    lab.allocate(1, "a");
+    lab.network("net-a", "a");
+    lab.attached(1, "net-a");
+    let patch = |project: Option<&str>| Command::PatchNode {
+        id: node_id(1),
+        patch: NodePatch {
+            project: Some(project.map(id)),
+            ..NodePatch::default()
+        },
+    };
+    for to in [None, Some("b")] {
+        let e = lab.apply(patch(to)).result.unwrap_err();
+        assert_refusal(&e, ErrorCode::Conflict, "project");
+    }
+    // Same project: nothing to check.
+    lab.ok(patch(Some("a")));
+    lab.network("net-b", "b");
+    let e = lab
+        .apply(Command::DeleteProject(id("b")))
+        .result
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Conflict);
+    assert!(e.message.contains("network net-b"), "{e}");
+    lab.allocate(2, "a");
+    lab.t(T::CreateLease {
+        caller: fleet(),
+        node: node_id(2),
+        project: id("c"),
+        window: LeaseWindow::Once {
+            from: T0 + HOUR,
+            until: T0 + 2 * HOUR,
+        },
+    });
+    let e = lab
+        .apply(Command::DeleteProject(id("c")))
+        .result
+        .unwrap_err();
+    assert!(e.message.contains("lease"), "{e}");
+    let e = lab
+        .apply(Command::PatchNode {
+            id: node_id(2),
+            patch: NodePatch {
+                project: Some(None),
+                ..NodePatch::default()
+            },
+        })
+        .result
+        .unwrap_err();
+    assert_refusal(&e, ErrorCode::Conflict, "project");
+}
+
+#[test]
+fn finished_jobs_are_forgotten_after_a_week() {
+    let mut lab = Lab::new();
+    lab.allocate(1, "a");
+    let first = lab.t(T::Power {
+        caller: fleet(),
+        node: node_id(1),
+        on: true,
+    });
+    lab.power_ok(1, first);
+    let open = lab.t(T::Power {
+        caller: fleet(),
+        node: node_id(2),
+        on: true,
+    });
+    lab.now += super::tenancy::JOB_RETENTION_MS + 1;
+    let last = lab.t(T::Power {
+        caller: fleet(),
+        node: node_id(1),
+        on: false,
+    });
+    lab.power_ok(1, last);
+    // The old finished job is gone; the open one (and everything after it) stays.
+    assert!(!lab.state.tenancy.jobs.contains_key(&first));
+    assert!(lab.state.tenancy.jobs.contains_key(&open));
+    assert!(lab.state.tenancy.jobs.contains_key(&last));
+    lab.restart();
+}

@@ -564,4 +564,98 @@ mod tests {
         );
         assert!(!applied[&("tor-f".to_owned(), "e1".to_owned())].ok);
     }
+
+    /// A switch that takes a batch and then never answers while `hang` is set: the agent dies
+    /// (the task is dropped) between the change and its record.
+    #[derive(Debug)]
+    struct ApplyThenHang {
+        inner: Arc<SimSwitch>,
+        hang: std::sync::atomic::AtomicBool,
+    }
+
+    impl SwitchDriver for ApplyThenHang {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+
+        fn read_port<'a>(
+            &'a self,
+            port: &'a str,
+        ) -> futures::future::BoxFuture<'a, Result<PortConfig, SwitchError>> {
+            self.inner.read_port(port)
+        }
+
+        fn read_ports(
+            &self,
+        ) -> futures::future::BoxFuture<'_, Result<Vec<PortConfig>, SwitchError>> {
+            self.inner.read_ports()
+        }
+
+        fn apply<'a>(
+            &'a self,
+            changes: &'a [PortChange],
+        ) -> futures::future::BoxFuture<'a, Result<Vec<PortConfig>, SwitchError>> {
+            Box::pin(async move {
+                let read = self.inner.apply(changes).await;
+                if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
+                read
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn dying_between_change_and_record_reapplies_and_reports_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("agent.redb")).unwrap();
+        let sim = sim("tor-h", &["e1", "e2"], 1000);
+        let drv = Arc::new(ApplyThenHang {
+            inner: sim.clone(),
+            hang: true.into(),
+        });
+        let switches: Switches = [("tor-h".to_owned(), drv.clone() as Arc<dyn SwitchDriver>)]
+            .into_iter()
+            .collect();
+        store
+            .apply_snapshot(&RackDesiredState {
+                revision: 1,
+                nodes: vec![],
+                ports: vec![
+                    intent("tor-h", "e1", access(7), 1),
+                    intent("tor-h", "e2", access(8), 1),
+                ],
+            })
+            .unwrap();
+        let mut r = PortReconciler::new(Context::quiet(store.clone()), switches.clone());
+        let mut work = r.pending(&BTreeSet::new()).await.unwrap();
+        assert_eq!(work.len(), 1);
+        let (_, task) = work.remove(0);
+        let running = tokio::spawn(task);
+        // The change reached the switch; then the "agent" dies before recording it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while sim.batches() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the batch never reached the switch"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        running.abort();
+        assert!(running.await.unwrap_err().is_cancelled());
+        assert!(reports(&store).is_empty(), "a report without a record");
+        assert!(store.ports_applied().unwrap().is_empty());
+
+        // Restarted: the same configuration is applied again, and reported once.
+        drv.hang.store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut r = PortReconciler::new(Context::quiet(store.clone()), switches);
+        for (_, task) in r.pending(&BTreeSet::new()).await.unwrap() {
+            task.await.unwrap();
+        }
+        assert_eq!(sim.batches(), 2);
+        let got = reports(&store);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got.iter().all(|x| x.3 && x.2 == 1), "{got:?}");
+        assert!(r.pending(&BTreeSet::new()).await.unwrap().is_empty());
+    }
 }

@@ -22,6 +22,18 @@ pub enum RegistryError {
         /// Version.
         version: u32,
     },
+    /// Two files of a directory hold the same template name and version.
+    #[error("{path}: workflow template {name:?} version {version} is also defined in {first}")]
+    DuplicateVersion {
+        /// The later file.
+        path: PathBuf,
+        /// Name.
+        name: String,
+        /// Version.
+        version: u32,
+        /// The file that defined it first.
+        first: PathBuf,
+    },
     /// A file or directory could not be read.
     #[error("reading {path}")]
     Io {
@@ -163,17 +175,17 @@ pub fn load_dir(dir: &Path) -> Result<LoadedDir, RegistryError> {
             .unwrap_or_default();
         match parse_document(&label, &text) {
             Ok(Document::Workflow(t)) => {
-                origin.insert((t.name.clone(), t.version), path.clone());
-                loaded.registry.insert(t).map_err(|e| match e {
-                    RegistryError::VersionExists { .. } => RegistryError::Document {
-                        path: path.clone(),
-                        source: TemplateError::Yaml {
-                            label: label.clone(),
-                            message: e.to_string(),
-                        },
-                    },
-                    other => other,
-                })?;
+                let key = (t.name.clone(), t.version);
+                if let Some(first) = origin.get(&key) {
+                    return Err(RegistryError::DuplicateVersion {
+                        path,
+                        name: key.0,
+                        version: key.1,
+                        first: first.clone(),
+                    });
+                }
+                origin.insert(key, path.clone());
+                loaded.registry.insert(t)?;
             }
             Ok(Document::Params(p)) => {
                 loaded.params.insert(label, p);

@@ -668,6 +668,21 @@ fn load_dir_reads_templates_and_params_files_and_names_the_bad_file() {
     assert_eq!(plan.steps[0].timeout, HumanDuration::from_secs(2));
 
     std::fs::write(
+        dir.path().join("parent2.yaml"),
+        PARENT.replace("72h", "71h"),
+    )
+    .unwrap();
+    assert_eq!(
+        load_dir(dir.path()).unwrap_err().to_string(),
+        format!(
+            "{}: workflow template \"parent\" version 1 is also defined in {}",
+            dir.path().join("parent2.yaml").display(),
+            dir.path().join("parent.yml").display()
+        )
+    );
+    std::fs::remove_file(dir.path().join("parent2.yaml")).unwrap();
+
+    std::fs::write(
         dir.path().join("parent.yml"),
         PARENT.replace("child, params", "kid, params"),
     )

@@ -81,7 +81,17 @@ async fn until_not_run(mut ctl: watch::Receiver<Control>) -> Control {
 
 /// The run's task. Errors of the executor itself (the database) fail the run with the error.
 pub(super) async fn drive(sh: Arc<Shared>, run_id: String, ctl: watch::Receiver<Control>) {
-    if let Err(e) = drive_inner(&sh, &run_id, ctl).await {
+    let turn = sh
+        .journal
+        .run(&run_id)
+        .ok()
+        .flatten()
+        .map(|r| (r.node, r.seq));
+    let result = drive_inner(&sh, &run_id, ctl).await;
+    if let Some((node, seq)) = turn {
+        sh.leave_queue(node, seq);
+    }
+    if let Err(e) = result {
         let message = format!("executor error: {}", crate::error_chain(&e));
         tracing::error!(run = %run_id, "{message}");
         let r = update(&sh, &run_id, |r| {
@@ -133,11 +143,14 @@ async fn drive_inner(
     if rec.status.state.is_final() {
         return Ok(());
     }
-    let lock = sh.node_lock(rec.node);
-    let _turn = tokio::select! {
-        g = lock.lock_owned() => g,
-        _ = until_cancel(ctl.clone()) => return cancel_run(sh, run_id),
-    };
+    // One run per node, in submission order.
+    let mut changed = sh.changed.subscribe();
+    while !sh.has_turn(rec.node, rec.seq) {
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return Ok(()) },
+            _ = until_cancel(ctl.clone()) => return cancel_run(sh, run_id),
+        }
+    }
     loop {
         let rec = load(sh, run_id)?;
         if rec.status.state.is_final() {

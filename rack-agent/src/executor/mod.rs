@@ -377,6 +377,45 @@ impl ExecutorConfig {
     }
 }
 
+/// The `[executor]` section as written (all keys optional).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExecutorConfig {
+    playbook_dir: Option<PathBuf>,
+    ansible_private_key: Option<PathBuf>,
+    autoinstall_dir: Option<PathBuf>,
+    max_log_lines: Option<u64>,
+}
+
+impl ExecutorConfig {
+    /// Reads the `[executor]` section: `playbook_dir` (default `<data_dir>/playbooks`),
+    /// `ansible_private_key`, `autoinstall_dir` (the HTTP server's `templates_dir`),
+    /// `max_log_lines` (1..=1000000, default [`DEFAULT_MAX_LOG_LINES`]). Relative paths
+    /// resolve against the config file's directory. Errors name the key within the section.
+    pub fn from_toml(
+        table: toml::Table,
+        ctx: &crate::boot::ConfigCtx,
+    ) -> Result<ExecutorConfig, crate::boot::KeyError> {
+        let raw: RawExecutorConfig = crate::boot::from_table(table)?;
+        let mut c = ExecutorConfig::new(ctx.data_dir.clone());
+        if let Some(p) = raw.playbook_dir {
+            c.playbook_dir = ctx.resolve(p);
+        }
+        c.ansible_private_key = raw.ansible_private_key.map(|p| ctx.resolve(p));
+        c.autoinstall_dir = raw.autoinstall_dir.map(|p| ctx.resolve(p));
+        if let Some(n) = raw.max_log_lines {
+            if !(1..=1_000_000).contains(&n) {
+                return Err(crate::boot::KeyError::new(
+                    "max_log_lines",
+                    format!("{n} is out of range 1..=1000000"),
+                ));
+            }
+            c.max_log_lines = n;
+        }
+        Ok(c)
+    }
+}
+
 /// What [`Executor::submit`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Submitted {
@@ -392,7 +431,8 @@ pub(crate) struct Shared {
     hw: ExecutorHardware,
     sink: Arc<dyn RunSink>,
     overrides: RwLock<BTreeMap<NodeId, NodeOverrides>>,
-    node_locks: Mutex<BTreeMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Runs not over yet, per node, by submission order: the first one has the node's turn.
+    queues: Mutex<BTreeMap<NodeId, BTreeMap<u64, String>>>,
     controls: Mutex<BTreeMap<String, watch::Sender<Control>>>,
     /// Bumped on every status, facts or override change.
     changed: watch::Sender<u64>,
@@ -406,13 +446,27 @@ impl Shared {
         self.changed.send_modify(|g| *g = g.wrapping_add(1));
     }
 
-    fn node_lock(&self, node: NodeId) -> Arc<tokio::sync::Mutex<()>> {
-        self.node_locks
+    /// Whether run `seq` is the oldest unfinished run of `node`.
+    fn has_turn(&self, node: NodeId, seq: u64) -> bool {
+        self.queues
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry(node)
-            .or_default()
-            .clone()
+            .get(&node)
+            .and_then(|q| q.keys().next().copied())
+            .is_none_or(|first| first == seq)
+    }
+
+    /// Gives the node's turn to its next run.
+    fn leave_queue(&self, node: NodeId, seq: u64) {
+        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(q) = queues.get_mut(&node) {
+            q.remove(&seq);
+            if q.is_empty() {
+                queues.remove(&node);
+            }
+        }
+        drop(queues);
+        self.poke();
     }
 
     fn spawn(self: &Arc<Self>, fut: impl std::future::Future<Output = ()> + Send + 'static) {
@@ -422,6 +476,12 @@ impl Shared {
     }
 
     fn start_run(self: &Arc<Self>, rec: &journal::RunRecord) {
+        self.queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(rec.node)
+            .or_default()
+            .insert(rec.seq, rec.run_id.clone());
         let (tx, rx) = watch::channel(rec.control);
         self.controls
             .lock()
@@ -552,7 +612,7 @@ impl Executor {
             hw,
             sink,
             overrides: RwLock::new(overrides),
-            node_locks: Mutex::default(),
+            queues: Mutex::default(),
             controls: Mutex::default(),
             changed: watch::Sender::new(0),
             cancel: CancellationToken::new(),
@@ -885,6 +945,29 @@ mod tests {
         assert_eq!(node.boot_target, BootTarget::Local);
         assert_eq!(node.switch_ports[1].name, PIN_INTERFACE);
         assert_eq!(node.static_ips[1].address.to_string(), "10.0.0.30");
+    }
+
+    #[test]
+    fn config_section() {
+        let ctx = crate::boot::ConfigCtx {
+            base_dir: "/etc/mf".into(),
+            data_dir: "/var/lib/mf".into(),
+        };
+        let t: toml::Table = "playbook_dir = \"pb\"\nmax_log_lines = 50".parse().unwrap();
+        let c = ExecutorConfig::from_toml(t, &ctx).unwrap();
+        assert_eq!(c.playbook_dir, PathBuf::from("/etc/mf/pb"));
+        assert_eq!(c.max_log_lines, 50);
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/mf"));
+        let t: toml::Table = "max_log_lines = 0".parse().unwrap();
+        assert_eq!(
+            ExecutorConfig::from_toml(t, &ctx).unwrap_err().key,
+            "max_log_lines"
+        );
+        let t: toml::Table = "playbooks = \"x\"".parse().unwrap();
+        assert_eq!(
+            ExecutorConfig::from_toml(t, &ctx).unwrap_err().key,
+            "playbooks"
+        );
     }
 
     #[test]

@@ -355,7 +355,23 @@ impl Store {
                     macs.insert(mac_key(mac), id).map_err(s.db(OP))?;
                 }
             }
-            // Applied records stay: they are what makes a re-sent intent a no-op.
+            // Applied records of what is still wanted stay (they make a re-sent intent a
+            // no-op); those of nodes and ports that left are forgotten, as by the deltas.
+            let node_ids: std::collections::BTreeSet<u128> =
+                state.nodes.iter().map(|n| n.id.0.as_u128()).collect();
+            txn.open_table(POWER_APPLIED)
+                .map_err(s.db(OP))?
+                .retain(|id, _| node_ids.contains(&id))
+                .map_err(s.db(OP))?;
+            let port_keys: std::collections::BTreeSet<(&str, &str)> = state
+                .ports
+                .iter()
+                .map(|p| (p.switch.as_str(), p.port.as_str()))
+                .collect();
+            txn.open_table(PORTS_APPLIED)
+                .map_err(s.db(OP))?
+                .retain(|key, _| port_keys.contains(&key))
+                .map_err(s.db(OP))?;
             txn.delete_table(PORTS).map_err(s.db(OP))?;
             let mut ports = txn.open_table(PORTS).map_err(s.db(OP))?;
             for intent in &state.ports {
@@ -393,10 +409,14 @@ impl Store {
             let mut macs = txn.open_multimap_table(NODES_BY_MAC).map_err(s.db(OP))?;
             let mut ports = txn.open_table(PORTS).map_err(s.db(OP))?;
             let mut ports_applied = txn.open_table(PORTS_APPLIED).map_err(s.db(OP))?;
+            let mut power_applied = txn.open_table(POWER_APPLIED).map_err(s.db(OP))?;
             for delta in deltas {
                 let id = match delta {
                     Delta::UpsertNode(node) => node.id,
-                    Delta::RemoveNode(id) => *id,
+                    Delta::RemoveNode(id) => {
+                        power_applied.remove(id.0.as_u128()).map_err(s.db(OP))?;
+                        *id
+                    }
                     Delta::UpsertPort(intent) => {
                         ports
                             .insert(
@@ -1360,7 +1380,8 @@ mod tests {
         );
         assert_eq!(store.outbox_depth().unwrap(), 3);
 
-        // Removing a port forgets its applied record too; a snapshot keeps the records.
+        // Removing a port forgets its applied record too; a snapshot keeps the records of
+        // what it still holds and forgets the others (node 1's power record goes with it).
         store
             .apply_deltas(
                 2,
@@ -1370,6 +1391,10 @@ mod tests {
                     port: "e3".into(),
                 }],
             )
+            .unwrap();
+        assert_eq!(store.ports_applied().unwrap().len(), 1);
+        store
+            .record_ports_applied(&[("tor1".into(), "e9".into(), applied(1, true))], vec![])
             .unwrap();
         store
             .apply_snapshot(&RackDesiredState {
@@ -1385,6 +1410,7 @@ mod tests {
             ports[&("tor1".to_owned(), "e2".to_owned())],
             applied(2, true)
         );
+        assert!(store.power_applied().unwrap().is_empty());
     }
 
     #[test]

@@ -338,3 +338,26 @@ fn buildout_with_production_defaults_and_vendor_tools() {
         "buildout/params.drive_stress: expected a duration like 30s, 5m, 72h, got \"3 days\""
     );
 }
+
+#[test]
+fn readme_format_example_is_a_valid_template() {
+    let readme = std::fs::read_to_string(examples_dir().join("README.md")).unwrap();
+    let start = readme.find("```yaml\n").unwrap() + "```yaml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let t = super::Template::parse("README.md", &readme[start..end]).unwrap();
+    assert_eq!(
+        (t.name.as_str(), t.steps.len(), t.includes.len()),
+        ("testing", 1, 1)
+    );
+    let loaded = load();
+    let mut registry = loaded.registry.clone();
+    let t = super::Template::parse(
+        "README.md",
+        &readme[start..end].replace("version: 1 ", "version: 9 "),
+    )
+    .unwrap();
+    registry.insert(t).unwrap();
+    let plan = registry.check("testing", Some(9)).unwrap();
+    assert_eq!(plan.steps.len(), 13);
+    assert_eq!(plan.steps[12].name, "drive-stress");
+}

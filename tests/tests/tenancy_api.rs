@@ -32,6 +32,8 @@ struct Fleet {
     agent: Agent,
     admin: Api,
     alice: Api,
+    /// Alice's bearer secret (for `metalctl`).
+    alice_token: String,
     bob: Api,
     reggie: Api,
     /// Node ids by serial number (index 0 = `S1`).
@@ -42,14 +44,36 @@ async fn ok(r: anyhow::Result<metalfleet_tests::Resp>) -> Value {
     r.unwrap().ok().unwrap()
 }
 
-async fn user(admin: &Api, name: &str, role: &str, project: Option<&str>) -> Api {
+async fn user(admin: &Api, name: &str, role: &str, project: Option<&str>) -> (Api, String) {
     let mut u = json!({"name": name, "role": role});
     if let Some(p) = project {
         u["project"] = json!(p);
     }
     ok(admin.put(&format!("/v1/users/{name}"), &u).await).await;
     let t = ok(admin.post("/v1/tokens", &json!({"user": name})).await).await;
-    admin.with_token(t["secret"].as_str().unwrap())
+    let secret = t["secret"].as_str().unwrap().to_owned();
+    (admin.with_token(&secret), secret)
+}
+
+/// Runs the real `metalctl` against member 1 with `token`; returns (exit code, stdout, stderr).
+async fn metalctl(c: &Cluster, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(metalfleet_tests::bin_dir().unwrap().join("metalctl"))
+        .args(["--coordinator", &c.url(1), "--ca-cert"])
+        .arg(c.ca_path())
+        .args(args)
+        .env("METALFLEET_TOKEN", token)
+        // No config file: everything comes from the flags.
+        .env_remove("METALCTL_CONFIG")
+        .env("HOME", c.dir())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 impl Fleet {
@@ -93,9 +117,9 @@ impl Fleet {
             .await;
             nodes.push(v["id"].as_str().unwrap().to_owned());
         }
-        let alice = user(&admin, "alice", "project_member", Some("a")).await;
-        let bob = user(&admin, "bob", "project_member", Some("b")).await;
-        let reggie = user(&admin, "reggie", "read_only", None).await;
+        let (alice, alice_token) = user(&admin, "alice", "project_member", Some("a")).await;
+        let (bob, _) = user(&admin, "bob", "project_member", Some("b")).await;
+        let (reggie, _) = user(&admin, "reggie", "read_only", None).await;
 
         let agent = Agent::new(&cluster, "r1").unwrap();
         let mut f = std::fs::OpenOptions::new()
@@ -119,6 +143,7 @@ impl Fleet {
             agent,
             admin,
             alice,
+            alice_token,
             bob,
             reggie,
             nodes,
@@ -388,6 +413,42 @@ async fn rbac_matrix_and_job_lifecycle() {
     })
     .await
     .unwrap();
+
+    // The same through metalctl, as Alice: her networks only, her jobs, Bob's node unknown.
+    let (code, out, err) = metalctl(&f.cluster, &f.alice_token, &["network", "list"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("net-a") && !out.contains("net-b"), "{out}");
+    let (code, out, err) = metalctl(
+        &f.cluster,
+        &f.alice_token,
+        &["job", "wait", &j["id"].to_string()],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("State:     done"), "{out}");
+    let (code, _, err) =
+        metalctl(&f.cluster, &f.alice_token, &["node", "power", "S2", "off"]).await;
+    assert_eq!(code, 4, "not found: {err}");
+    let (code, _, err) = metalctl(
+        &f.cluster,
+        &f.alice_token,
+        &["node", "attach", "S1", "eno1", "net-a"],
+    )
+    .await;
+    assert_eq!(code, 5, "already attached is a conflict: {err}");
+    // The endpoints are in the OpenAPI document.
+    let doc = ok(f.admin.anonymous().get("/v1/openapi.json").await).await;
+    for path in [
+        "/v1/networks",
+        "/v1/nodes/{id}/move",
+        "/v1/jobs/{id}",
+        "/v1/leases",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
 
     // A port on a switch the agent does not know: the job fails with the agent's message.
     ok(f.admin

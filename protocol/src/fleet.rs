@@ -20,6 +20,7 @@ use crate::domain::{BmcDriver, BootTarget, ExpectedNic, StaticIp, UnixMillis};
 use crate::error::ErrorBody;
 use crate::json::JsonValue;
 use crate::version::{ProtocolVersion, VersionOffer};
+use crate::workflow::{RunPlan, RunStatus};
 use crate::{Mac, NodeId, RackId, Revision, Serial};
 
 /// How the agent reaches a node's BMC. Credentials are decrypted by the coordinator only for
@@ -249,6 +250,36 @@ pub struct PortIntent {
     pub generation: u64,
 }
 
+/// What an operator wants of a run assigned to an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunControl {
+    /// Execute it (or go on executing it).
+    Run,
+    /// Stop before the next step; resume at that step on `Run`.
+    Pause,
+    /// Stop it for good (a step in flight is abandoned; the run ends `cancelled`).
+    Cancel,
+}
+
+/// A workflow run assigned to the agent of the node's rack: the plan expanded whole for one
+/// node, so the agent can execute it with every coordinator gone. The agent executes it
+/// durably (its executor is the executor of record) and reports [`EventKind::RunStatus`] and
+/// [`EventKind::StepLog`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunAssignment {
+    /// Run id (unique in the cluster; stable across restarts of anything).
+    pub run_id: String,
+    /// The node it runs on.
+    pub node: NodeId,
+    /// The expanded plan.
+    pub plan: RunPlan,
+    /// Run, pause or cancel.
+    pub control: RunControl,
+    /// Revision at which this assignment last changed.
+    pub revision: Revision,
+}
+
 /// The part of the desired state one rack agent holds.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct RackDesiredState {
@@ -259,6 +290,10 @@ pub struct RackDesiredState {
     /// Switch port intents of the rack, sorted by (switch, port).
     #[serde(default)]
     pub ports: Vec<PortIntent>,
+    /// Workflow runs assigned to the rack's nodes that are not finished (or whose end the
+    /// coordinators have not recorded yet), sorted by run id.
+    #[serde(default)]
+    pub runs: Vec<RunAssignment>,
 }
 
 /// A change to a rack's desired state.
@@ -279,6 +314,10 @@ pub enum Delta {
         /// Port name.
         port: String,
     },
+    /// A run was assigned, or its control changed.
+    UpsertRun(RunAssignment),
+    /// A run is no longer assigned (finished and recorded, or deleted): the agent may forget it.
+    RemoveRun(String),
 }
 
 /// Something an agent observed, to be applied once through Raft.
@@ -360,6 +399,27 @@ pub enum EventKind {
         observed: Option<PortConfig>,
         /// Empty when ok; otherwise the switch's (or the agent's) error.
         message: String,
+    },
+    /// A run's status changed (a step started, finished or reported progress; the run paused,
+    /// ended...). Carries the whole status: the latest applied one wins.
+    RunStatus {
+        /// Run id.
+        run: String,
+        /// Its node.
+        node: NodeId,
+        /// The whole status.
+        status: RunStatus,
+    },
+    /// Log lines of one step of a run (node output, ansible output, executor notes).
+    StepLog {
+        /// Run id.
+        run: String,
+        /// Its node.
+        node: NodeId,
+        /// Step name.
+        step: String,
+        /// The lines, in order.
+        lines: Vec<String>,
     },
 }
 

@@ -426,6 +426,8 @@ impl Store {
                             .map_err(s.db(OP))?;
                         continue;
                     }
+                    // Runs are not stored yet: the executor wiring (issue 6) takes them.
+                    Delta::UpsertRun(_) | Delta::RemoveRun(_) => continue,
                     Delta::RemovePort { switch, port } => {
                         // Forgotten entirely: a later intent for the port is applied afresh.
                         let key = (switch.as_str(), port.as_str());
@@ -1011,6 +1013,7 @@ mod tests {
                 revision: 10,
                 nodes: vec![node(1, 5), node(2, 10)],
                 ports: Vec::new(),
+                runs: Vec::new(),
             })
             .unwrap();
         assert_eq!(store.revision().unwrap(), 10);
@@ -1053,6 +1056,7 @@ mod tests {
                 revision: 20,
                 nodes: vec![node(4, 20)],
                 ports: Vec::new(),
+                runs: Vec::new(),
             })
             .unwrap();
         assert_eq!(store.nodes().unwrap(), [node(4, 20)]);
@@ -1075,6 +1079,7 @@ mod tests {
                 revision: 7,
                 nodes: vec![node(1, 7)],
                 ports: Vec::new(),
+                runs: Vec::new(),
             })
             .unwrap();
         for from in [6, 8] {
@@ -1099,6 +1104,7 @@ mod tests {
                 revision: 6,
                 nodes: vec![],
                 ports: Vec::new(),
+                runs: Vec::new(),
             }),
             Err(StoreError::StaleSnapshot {
                 snapshot: 6,
@@ -1110,6 +1116,7 @@ mod tests {
                 revision: 7,
                 nodes: vec![node(1, 7)],
                 ports: Vec::new(),
+                runs: Vec::new(),
             })
             .unwrap();
         assert_eq!(store.nodes().unwrap(), [node(1, 7)]);
@@ -1125,6 +1132,7 @@ mod tests {
                     revision: 3,
                     nodes: vec![node(1, 3)],
                     ports: Vec::new(),
+                    runs: Vec::new(),
                 })
                 .unwrap();
             store
@@ -1271,11 +1279,13 @@ mod tests {
             revision: 9,
             nodes: vec![node(1, 9)],
             ports: Vec::new(),
+            runs: Vec::new(),
         };
         let older = RackDesiredState {
             revision: 3,
             nodes: vec![node(2, 3)],
             ports: Vec::new(),
+            runs: Vec::new(),
         };
         store.apply_snapshot(&newer).unwrap();
         assert!(store.apply_snapshot(&older).is_err());
@@ -1313,6 +1323,7 @@ mod tests {
                     revision: 1,
                     nodes: vec![node(1, 1)],
                     ports: vec![port("e1", 10, 1), port("e2", 10, 1)],
+                    runs: Vec::new(),
                 })
                 .unwrap();
             store
@@ -1401,6 +1412,7 @@ mod tests {
                 revision: 4,
                 nodes: vec![],
                 ports: vec![port("e2", 20, 2)],
+                runs: Vec::new(),
             })
             .unwrap();
         assert_eq!(store.ports().unwrap(), [port("e2", 20, 2)]);

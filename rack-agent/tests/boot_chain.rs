@@ -305,6 +305,7 @@ fn boot_chain_with_qemu_and_pxe_clients() {
                     ),
                 ],
                 ports: Vec::new(),
+                runs: Vec::new(),
             })
             .unwrap();
     }

@@ -184,6 +184,7 @@ async fn fleet_link_end_to_end() {
         revision: 5,
         nodes: vec![node(1, 5)],
         ports: Vec::new(),
+        runs: Vec::new(),
     }))
     .await;
     link.expect("AckRevision(5)", |m| {
@@ -333,6 +334,7 @@ async fn fleet_link_end_to_end() {
         revision: 3,
         nodes: vec![],
         ports: Vec::new(),
+        runs: Vec::new(),
     }))
     .await;
     let closed = tokio::time::timeout(Duration::from_secs(5), link.conn.closed())

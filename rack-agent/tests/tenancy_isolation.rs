@@ -270,6 +270,7 @@ async fn project_vlans_isolate_tenants_moves_replumb_and_provisioning_is_unreach
             revision: 1,
             nodes: vec![],
             ports: intents.clone(),
+            runs: Vec::new(),
         })
         .unwrap()
     });
@@ -441,6 +442,7 @@ async fn a_killed_agent_finishes_the_rest_and_reports_each_generation_once() {
             revision: 1,
             nodes: vec![node(1, &sim.address(), on), node(2, &dead, on)],
             ports: sorted(all.clone()),
+            runs: Vec::new(),
         })
         .unwrap()
     });

@@ -69,6 +69,7 @@ pub fn snapshot(
         revision,
         nodes,
         ports: state.port_intents(rack),
+        runs: Vec::new(),
     }
 }
 

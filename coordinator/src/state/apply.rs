@@ -1073,6 +1073,9 @@ impl State {
             EventKind::Log { .. } => {}
             // Boot decisions feed the node timeline (workflow issue); counted as applied.
             EventKind::Boot { .. } => {}
+            // Run progress and step logs feed runs, rollouts and the node timeline (issue 6);
+            // counted as applied.
+            EventKind::RunStatus { .. } | EventKind::StepLog { .. } => {}
             // Outcomes of power and port intents advance tenancy jobs.
             EventKind::PowerApplied { .. } | EventKind::PortApplied { .. } => {
                 self.apply_tenancy_event(rack, rev, e.at, &e.kind)

@@ -372,6 +372,7 @@ mod tests {
                     intent("tor-b", "x1", access(20), 4),
                     intent("tor-zz", "q1", access(20), 2),
                 ],
+                runs: Vec::new(),
             })
             .unwrap();
         let cancel = CancellationToken::new();
@@ -625,6 +626,7 @@ mod tests {
                     intent("tor-h", "e1", access(7), 1),
                     intent("tor-h", "e2", access(8), 1),
                 ],
+                runs: Vec::new(),
             })
             .unwrap();
         let mut r = PortReconciler::new(Context::quiet(store.clone()), switches.clone());

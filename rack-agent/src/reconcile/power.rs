@@ -282,6 +282,7 @@ mod tests {
                     node(4, None, off(7)),
                 ],
                 ports: vec![],
+                runs: Vec::new(),
             })
             .unwrap();
         let cancel = CancellationToken::new();

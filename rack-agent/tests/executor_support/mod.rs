@@ -163,6 +163,8 @@ pub struct Lab {
     pub nodes: Vec<RackNode>,
     pub directory: Arc<StaticDirectory>,
     pub bmcs: Arc<SimConnector>,
+    /// The BMC connector steps use; the simulators unless a test sets another.
+    pub connector: Option<Arc<dyn BmcConnector>>,
     pub boot_events: Arc<CollectingSink>,
     pub runs: Arc<CollectingRunSink>,
     addr: Option<SocketAddr>,
@@ -177,6 +179,7 @@ impl Lab {
             directory: Arc::new(StaticDirectory::new(nodes.clone())),
             nodes,
             bmcs: Arc::new(SimConnector::default()),
+            connector: None,
             boot_events: Arc::new(CollectingSink::default()),
             runs: Arc::new(CollectingRunSink::default()),
             addr: None,
@@ -216,7 +219,10 @@ impl Lab {
         self.addr = Some(server.local_addr());
         let hw = ExecutorHardware {
             node_actions: server.node_actions(),
-            bmcs: self.bmcs.clone(),
+            bmcs: self
+                .connector
+                .clone()
+                .unwrap_or_else(|| self.bmcs.clone() as Arc<dyn BmcConnector>),
             nodes: self.directory.clone(),
         };
         let mut xc = ExecutorConfig::new(self.data_dir());

@@ -101,7 +101,9 @@ pub(crate) type TaskFuture =
 
 /// Runs `r` until `cancel`: a pass at start, on every desired-state change, after every task
 /// and every `interval`. Tasks still running at cancellation are dropped (their intents stay
-/// pending and are carried out again after a restart).
+/// pending and are carried out again after a restart). A key whose task failed to record its
+/// outcome (or panicked) rests until the next tick, so a failing disk does not turn into a
+/// tight loop of BMC or switch operations.
 pub(crate) async fn run<R: Reconciler>(
     mut r: R,
     store: Store,
@@ -113,6 +115,10 @@ pub(crate) async fn run<R: Reconciler>(
     // Which key each task works for, also when it panics.
     let mut keys: HashMap<tokio::task::Id, R::Key> = HashMap::new();
     let mut busy = BTreeSet::new();
+    let mut resting = BTreeSet::new();
+    let mut timer = tokio::time::interval(interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer.tick().await;
     // Every wake-up below is a reason for a pass.
     loop {
         match r.pending(&busy).await {
@@ -137,25 +143,34 @@ pub(crate) async fn run<R: Reconciler>(
                     break;
                 }
             }
-            () = tokio::time::sleep(interval) => {}
+            _ = timer.tick() => {
+                for key in std::mem::take(&mut resting) {
+                    busy.remove(&key);
+                }
+            }
             Some(done) = tasks.join_next_with_id() => {
-                let (id, result) = match done {
-                    Ok((id, result)) => (id, result),
-                    Err(e) => {
-                        tracing::error!(reconciler = R::NAME, error = %e, "reconciler task failed");
-                        (e.id(), Ok(()))
-                    }
-                };
-                if let Some(key) = keys.remove(&id) {
-                    if let Err(e) = result {
+                let (id, ok) = match done {
+                    Ok((id, Ok(()))) => (id, true),
+                    Ok((id, Err(e))) => {
                         tracing::error!(
                             reconciler = R::NAME,
-                            ?key,
+                            key = ?keys.get(&id),
                             error = %crate::error_chain(&e),
                             "could not record an outcome; the intent stays pending"
                         );
+                        (id, false)
                     }
-                    busy.remove(&key);
+                    Err(e) => {
+                        tracing::error!(reconciler = R::NAME, error = %e, "reconciler task failed");
+                        (e.id(), false)
+                    }
+                };
+                if let Some(key) = keys.remove(&id) {
+                    if ok {
+                        busy.remove(&key);
+                    } else {
+                        resting.insert(key);
+                    }
                 }
             }
         }
@@ -193,4 +208,93 @@ pub fn spawn(
             cancel.clone(),
         )),
     ]
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use protocol::fleet::RackDesiredState;
+
+    use super::*;
+
+    /// One key whose task always fails to record; counts passes and task starts.
+    struct Failing {
+        passes: Arc<AtomicU32>,
+        starts: Arc<AtomicU32>,
+        store: Store,
+    }
+
+    impl Reconciler for Failing {
+        type Key = u8;
+        const NAME: &'static str = "failing";
+
+        async fn pending(
+            &mut self,
+            busy: &BTreeSet<u8>,
+        ) -> Result<Vec<(u8, TaskFuture)>, ReconcileError> {
+            self.passes.fetch_add(1, Ordering::SeqCst);
+            if busy.contains(&1) {
+                return Ok(Vec::new());
+            }
+            let (starts, path) = (self.starts.clone(), self.store.path().to_owned());
+            let task = async move {
+                starts.fetch_add(1, Ordering::SeqCst);
+                Err(ReconcileError::Store(StoreError::Interrupted { path }))
+            };
+            Ok(vec![(1, Box::pin(task) as TaskFuture)])
+        }
+    }
+
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(tokio::time::Instant::now() < deadline, "waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_key_rests_until_the_next_tick() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("agent.redb")).unwrap();
+        let (passes, starts) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let cancel = CancellationToken::new();
+        let r = Failing {
+            passes: passes.clone(),
+            starts: starts.clone(),
+            store: store.clone(),
+        };
+        // A tick far away: only pokes cause passes during the test.
+        let task = tokio::spawn(run(
+            r,
+            store.clone(),
+            Duration::from_secs(3600),
+            cancel.clone(),
+        ));
+        until("the first task", || starts.load(Ordering::SeqCst) == 1).await;
+        // The failed task's end causes a pass; desired-state changes cause more. None starts
+        // the resting key again.
+        until("the pass after the failure", || {
+            passes.load(Ordering::SeqCst) >= 2
+        })
+        .await;
+        for revision in 1..=3 {
+            let before = passes.load(Ordering::SeqCst);
+            store
+                .apply_snapshot(&RackDesiredState {
+                    revision,
+                    ..RackDesiredState::default()
+                })
+                .unwrap();
+            until("a pass after the change", || {
+                passes.load(Ordering::SeqCst) > before
+            })
+            .await;
+        }
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+        cancel.cancel();
+        task.await.unwrap();
+    }
 }

@@ -8,7 +8,8 @@
 //! unary    := "not" unary | primary
 //! primary  := "(" expr ")" | "exists" path | "true" | "false" | operand OP operand
 //! operand  := path | "params." NAME | STRING | NUMBER | "true" | "false" | "null"
-//! path     := "facts" ("." SEGMENT)*        SEGMENT: [A-Za-z0-9_-]+ (digits index arrays)
+//! path     := "facts" ("." SEGMENT)*
+//! SEGMENT  := [A-Za-z0-9_-]+ (digits index lists) | STRING (any key: facts.lan."IP Address")
 //! OP       := "==" | "!=" | "<" | "<=" | ">" | ">=" | "contains"
 //! ```
 //!
@@ -304,6 +305,8 @@ fn syntax(column: usize, message: impl Into<String>) -> ConditionError {
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
     Word(String),
+    /// A dotted path with quoted segments (`facts.lan."IP Address"`), split.
+    Path(Vec<String>),
     Str(String),
     Num(serde_json::Number),
     Op(CompareOp),
@@ -315,6 +318,7 @@ impl Tok {
     fn describe(&self) -> String {
         match self {
             Tok::Word(w) => format!("`{w}`"),
+            Tok::Path(p) => format!("`{}`", fmt_segments(p)),
             Tok::Str(s) => format!("string {s:?}"),
             Tok::Num(n) => format!("number {n}"),
             Tok::Op(op) => format!("`{}`", op.as_str()),
@@ -328,6 +332,69 @@ impl Tok {
 struct Spanned {
     tok: Tok,
     column: usize,
+}
+
+/// A path's segments as written: plain where the grammar allows, quoted otherwise.
+fn fmt_segments(segs: &[String]) -> String {
+    segs.iter()
+        .map(|seg| {
+            let plain = !seg.is_empty()
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+            if plain {
+                seg.clone()
+            } else {
+                quote(seg)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// A string literal in the grammar's syntax.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Reads the string literal whose opening quote is at `chars[i]`; returns it and the index
+/// after its closing quote.
+fn lex_string(chars: &[char], mut i: usize) -> Result<(String, usize), ConditionError> {
+    let column = i + 1;
+    let mut s = String::new();
+    i += 1;
+    loop {
+        match chars.get(i) {
+            None => return Err(syntax(column, "unterminated string")),
+            Some('"') => return Ok((s, i + 1)),
+            Some('\\') => {
+                match chars.get(i + 1) {
+                    Some('"') => s.push('"'),
+                    Some('\\') => s.push('\\'),
+                    Some('n') => s.push('\n'),
+                    Some('t') => s.push('\t'),
+                    _ => return Err(syntax(i + 1, "unknown escape (use \\\", \\\\, \\n or \\t)")),
+                }
+                i += 2;
+            }
+            Some(ch) => {
+                s.push(*ch);
+                i += 1;
+            }
+        }
+    }
 }
 
 fn is_word_char(c: char) -> bool {
@@ -367,36 +434,10 @@ fn lex(text: &str) -> Result<Vec<Spanned>, ConditionError> {
             '(' => Tok::LParen,
             ')' => Tok::RParen,
             '"' => {
-                let mut s = String::new();
-                i += 1;
-                loop {
-                    match chars.get(i) {
-                        None => return Err(syntax(column, "unterminated string")),
-                        Some('"') => break,
-                        Some('\\') => {
-                            match chars.get(i + 1) {
-                                Some('"') => s.push('"'),
-                                Some('\\') => s.push('\\'),
-                                Some('n') => s.push('\n'),
-                                Some('t') => s.push('\t'),
-                                _ => {
-                                    return Err(syntax(
-                                        i + 1,
-                                        "unknown escape (use \\\", \\\\, \\n or \\t)",
-                                    ))
-                                }
-                            }
-                            i += 2;
-                        }
-                        Some(ch) => {
-                            s.push(*ch);
-                            i += 1;
-                        }
-                    }
-                }
-                i += 1;
+                let (text, next) = lex_string(&chars, i)?;
+                i = next;
                 out.push(Spanned {
-                    tok: Tok::Str(s),
+                    tok: Tok::Str(text),
                     column,
                 });
                 continue;
@@ -424,6 +465,43 @@ fn lex(text: &str) -> Result<Vec<Spanned>, ConditionError> {
                     i += 1;
                 }
                 let word: String = chars[start..i].iter().collect();
+                if let Some(head) = word
+                    .strip_suffix('.')
+                    .filter(|_| chars.get(i) == Some(&'"'))
+                {
+                    let mut segs: Vec<String> = head.split('.').map(str::to_owned).collect();
+                    loop {
+                        let (seg, next) = lex_string(&chars, i)?;
+                        segs.push(seg);
+                        i = next;
+                        if chars.get(i) != Some(&'.') {
+                            break;
+                        }
+                        i += 1;
+                        if chars.get(i) == Some(&'"') {
+                            continue;
+                        }
+                        let from = i;
+                        while i < chars.len() && is_word_char(chars[i]) {
+                            i += 1;
+                        }
+                        let chunk: String = chars[from..i].iter().collect();
+                        match chunk.strip_suffix('.') {
+                            Some(body) if chars.get(i) == Some(&'"') => {
+                                segs.extend(body.split('.').map(str::to_owned));
+                            }
+                            _ => {
+                                segs.extend(chunk.split('.').map(str::to_owned));
+                                break;
+                            }
+                        }
+                    }
+                    out.push(Spanned {
+                        tok: Tok::Path(segs),
+                        column,
+                    });
+                    continue;
+                }
                 let tok = if word == "contains" {
                     Tok::Op(CompareOp::Contains)
                 } else {
@@ -555,7 +633,10 @@ impl Parser {
                         let at = other.map_or(end, |t| t.column);
                         let hint = match &left {
                             Operand::Fact(p) => {
-                                format!("; to test presence write `exists facts.{}`", p.join("."))
+                                format!(
+                                    "; to test presence write `exists facts.{}`",
+                                    fmt_segments(p)
+                                )
                             }
                             _ => String::new(),
                         };
@@ -584,6 +665,22 @@ impl Parser {
         match &t.tok {
             Tok::Str(s) => Ok(Operand::Literal(Value::String(s.clone()))),
             Tok::Num(n) => Ok(Operand::Literal(Value::Number(n.clone()))),
+            Tok::Path(segs) => match segs.split_first() {
+                Some((head, path))
+                    if head == "facts"
+                        && !path.is_empty()
+                        && path.iter().all(|p| !p.is_empty()) =>
+                {
+                    Ok(Operand::Fact(path.to_vec()))
+                }
+                _ => Err(syntax(
+                    column,
+                    format!(
+                        "invalid fact path `{}` (like facts.bmc.ip or facts.lan.\"IP Address\")",
+                        fmt_segments(segs)
+                    ),
+                )),
+            },
             Tok::Word(w) => match w.as_str() {
                 "true" => Ok(Operand::Literal(Value::Bool(true))),
                 "false" => Ok(Operand::Literal(Value::Bool(false))),
@@ -630,8 +727,9 @@ impl Parser {
 
 fn display_operand(o: &Operand) -> String {
     match o {
-        Operand::Fact(p) => format!("facts.{}", p.join(".")),
+        Operand::Fact(p) => format!("facts.{}", fmt_segments(p)),
         Operand::Param(p) => format!("params.{p}"),
+        Operand::Literal(Value::String(s)) => quote(s),
         Operand::Literal(v) => v.to_string(),
     }
 }
@@ -640,7 +738,7 @@ impl fmt::Display for Condition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Condition::Const(b) => write!(f, "{b}"),
-            Condition::Exists(p) => write!(f, "exists facts.{}", p.join(".")),
+            Condition::Exists(p) => write!(f, "exists facts.{}", fmt_segments(p)),
             Condition::Compare { left, op, right } => write!(
                 f,
                 "{} {} {}",
@@ -711,6 +809,7 @@ mod tests {
     fn evaluates_on_facts() {
         let facts = json!({
             "bmc": {"ip": "10.0.0.5"},
+            "lan": {"IP Address": "10.0.0.9", "Subnet Mask": "255.255.255.0", "MAC \"Address\"": "x"},
             "cpus": 8,
             "mem_gib": 15.5,
             "disks": [{"name": "sda", "size": 100}, {"name": "sdb", "size": 200}],
@@ -745,6 +844,10 @@ mod tests {
             ("true", true),
             ("false or (true and not false)", true),
             ("8 <= facts.cpus", true),
+            (r#"facts.lan."IP Address" == "10.0.0.9""#, true),
+            (r#"exists facts."lan"."Subnet Mask".x"#, false),
+            (r#"exists facts.lan."MAC \"Address\"""#, true),
+            (r#"facts.lan."IP Address".0 == null"#, true),
         ];
         for (text, want) in cases {
             assert_eq!(eval(text, &facts), want, "{text}");
@@ -760,6 +863,7 @@ mod tests {
             "not exists facts.a",
             r#"facts.name == "quote \" and \\ backslash""#,
             "facts.x == -2.5 or facts.y != null",
+            r#"facts.lan."IP Address" == "10.0.0.9" and exists facts.a."b c".d"#,
         ] {
             let c = Condition::parse(text).unwrap();
             assert_eq!(c.to_string(), text);
@@ -816,6 +920,19 @@ mod tests {
                 "at column 1: invalid parameter reference `params.a.b` (like params.name)",
             ),
             ("facts.a == 1.2.3", "at column 12: invalid number \"1.2.3\""),
+            (r#"facts."x == 1"#, "at column 7: unterminated string"),
+            (
+                r#"facts.lan."".x == 1"#,
+                r#"at column 1: invalid fact path `facts.lan."".x` (like facts.bmc.ip or facts.lan."IP Address")"#,
+            ),
+            (
+                r#"facts.lan."a". == 1"#,
+                r#"at column 1: invalid fact path `facts.lan.a.""` (like facts.bmc.ip or facts.lan."IP Address")"#,
+            ),
+            (
+                r#"params."x" == 1"#,
+                "at column 1: invalid fact path `params.x` (like facts.bmc.ip or facts.lan.\"IP Address\")",
+            ),
         ];
         for (text, want) in cases {
             let err = Condition::parse(text).unwrap_err();

@@ -309,3 +309,77 @@ fn deleting_inventory_updates_the_agents_view() {
     assert!(view.revision > imported, "{} <= {imported}", view.revision);
     assert_eq!(lab.deltas("r1", imported), vec![Delta::UpsertNode(view)]);
 }
+
+#[test]
+fn snapshots_and_deltas_carry_power_and_port_intents() {
+    use crate::state::tenancy::{Caller, TenancyCommand};
+    use protocol::domain::{Project, Role};
+    use protocol::fleet::{PortConfig, PortIntent, PowerIntent};
+    use protocol::tenancy::{AttachMode, AttachSpec, NetworkKind};
+
+    let mut lab = Lab::new();
+    let admin = Caller {
+        role: Role::Admin,
+        project: None,
+    };
+    lab.ok(Command::PutProject(Project {
+        name: "blue".parse().unwrap(),
+        description: String::new(),
+    }));
+    lab.ok(Command::Tenancy(TenancyCommand::AllocateNode {
+        caller: admin.clone(),
+        node: node_id(1),
+        project: "blue".parse().unwrap(),
+    }));
+    lab.ok(Command::Tenancy(TenancyCommand::CreateNetwork {
+        caller: admin.clone(),
+        name: "blue-net".parse().unwrap(),
+        kind: NetworkKind::Tenant,
+        owner: Some("blue".parse().unwrap()),
+        vlan: None,
+        pool: (300, 399),
+    }));
+    let before = lab.rev;
+    lab.ok(Command::Tenancy(TenancyCommand::Attach {
+        caller: admin.clone(),
+        node: node_id(1),
+        spec: AttachSpec {
+            nic: "eno1".into(),
+            network: "blue-net".parse().unwrap(),
+            mode: AttachMode::Access,
+        },
+    }));
+    let attached = lab.rev;
+    let intent = PortIntent {
+        switch: "tor1".into(),
+        port: "Ethernet1/1".into(),
+        config: PortConfig::Access { vlan: 300 },
+        generation: attached,
+    };
+    // The port intent is in r1's snapshot and deltas, sorted, and nowhere else.
+    let snap = snapshot(&lab.state, &lab.key, &rack("r1"), lab.rev);
+    assert_eq!(snap.ports, vec![intent.clone()]);
+    assert!(snapshot(&lab.state, &lab.key, &rack("r2"), lab.rev)
+        .ports
+        .is_empty());
+    assert_eq!(lab.deltas("r1", before), vec![Delta::UpsertPort(intent)]);
+    assert_eq!(lab.deltas("r2", before), vec![]);
+    assert_eq!(lab.state.rack_changed(&rack("r1")), attached);
+
+    // A power intent travels in the node's view, as a node delta.
+    lab.ok(Command::Tenancy(TenancyCommand::Power {
+        caller: admin,
+        node: node_id(1),
+        on: true,
+    }));
+    let view = lab.view(1);
+    assert_eq!(
+        view.power,
+        Some(PowerIntent {
+            on: true,
+            generation: lab.rev
+        })
+    );
+    assert_eq!(lab.deltas("r1", attached), vec![Delta::UpsertNode(view)]);
+    assert_eq!(lab.view(2).power, None);
+}

@@ -542,13 +542,14 @@ impl State {
         }
     }
 
-    /// Refuses while a move, lease hand-over or power job runs on `node`.
-    fn node_idle(&self, node: NodeId) -> Result<(), Refusal> {
-        if let Some(j) = self
-            .tenancy
-            .open_jobs()
-            .find(|j| j.node == node && (j.kind.transfer().is_some() || j.power.is_some()))
-        {
+    /// Refuses while a move or lease hand-over runs on `node`, and with `power`, also while
+    /// a power job does (power and port changes of one node do not wait for each other).
+    fn node_idle(&self, node: NodeId, power: bool) -> Result<(), Refusal> {
+        if let Some(j) = self.tenancy.open_jobs().find(|j| {
+            j.node == node
+                && (j.kind.transfer().is_some()
+                    || (power && matches!(j.kind, JobKind::Power { .. })))
+        }) {
             return Err(conflict(
                 "node",
                 format!("node {node} has {} job {} in progress", j.kind.name(), j.id),
@@ -711,7 +712,7 @@ impl State {
                         format!("NIC {} of node {node} has a job in progress", p.nic),
                     ));
                 }
-                self.node_idle(*node)?;
+                self.node_idle(*node, true)?;
                 if let Some(l) = self.live_lease(*node) {
                     return Err(conflict(
                         "node",
@@ -905,7 +906,7 @@ impl State {
             }
             TenancyCommand::Attach { caller, node, spec } => {
                 let n = self.visible_node(caller, *node)?.clone();
-                self.node_idle(*node)?;
+                self.node_idle(*node, false)?;
                 let key = self.check_attach(caller, &n, spec)?;
                 let mut attachments = self
                     .tenancy
@@ -937,7 +938,7 @@ impl State {
                 network,
             } => {
                 let n = self.visible_node(caller, *node)?.clone();
-                self.node_idle(*node)?;
+                self.node_idle(*node, false)?;
                 let key = self.idle_port(&n, nic)?;
                 let port = self.tenancy.ports.get(&key);
                 let mut attachments = port.map(|p| p.attachments.clone()).unwrap_or_default();
@@ -971,7 +972,7 @@ impl State {
             }
             TenancyCommand::Revert { caller, node, nic } => {
                 let n = self.visible_node(caller, *node)?.clone();
-                self.node_idle(*node)?;
+                self.node_idle(*node, false)?;
                 let key = self.idle_port(&n, nic)?;
                 let attachments = self
                     .tenancy
@@ -1006,7 +1007,7 @@ impl State {
             }
             TenancyCommand::Power { caller, node, on } => {
                 let n = self.visible_node(caller, *node)?.clone();
-                self.node_idle(*node)?;
+                self.node_idle(*node, true)?;
                 if n.rack.is_none() {
                     return Err(conflict(
                         "node",
@@ -1382,7 +1383,7 @@ impl State {
 
     /// Refuses a transfer while a job runs on the node or any of its NICs.
     fn transfer_ready(&self, node: &Node) -> Result<(), Refusal> {
-        self.node_idle(node.id)?;
+        self.node_idle(node.id, true)?;
         if let Some(p) = self.tenancy.node_ports(node.id).find(|p| p.job.is_some()) {
             return Err(conflict(
                 "node",

@@ -1269,3 +1269,25 @@ fn finished_jobs_are_forgotten_after_a_week() {
     assert!(lab.state.tenancy.jobs.contains_key(&last));
     lab.restart();
 }
+
+#[test]
+fn power_and_port_changes_of_one_node_do_not_wait_for_each_other() {
+    let mut lab = Lab::new();
+    lab.allocate(1, "a");
+    lab.network("n1", "a");
+    let power = lab.t(T::Power {
+        caller: member("a"),
+        node: node_id(1),
+        on: true,
+    });
+    let attach = lab.attach(member("a"), 1, spec("eno1", "n1", AttachMode::Access));
+    let e = lab.refused(T::FreeNode {
+        caller: member("a"),
+        node: node_id(1),
+    });
+    assert_refusal(&e, ErrorCode::Conflict, "node");
+    lab.port_ok("p11", attach);
+    lab.power_ok(1, power);
+    assert_eq!(lab.job(attach).state, JobState::Done);
+    assert_eq!(lab.job(power).state, JobState::Done);
+}

@@ -643,13 +643,14 @@ async fn a_lease_window_ends_and_the_node_is_reclaimed() {
         .await
         .unwrap();
     refused(&r, StatusCode::NOT_FOUND, Some("node"));
-    // A window of a few seconds, starting now.
+    // A window of a few seconds, starting now (long enough for the hand-over and an attach
+    // on a loaded machine; the end is awaited, not timed).
     let from = now_ms();
     let lease = ok(f
         .alice
         .post(
             "/v1/leases",
-            &json!({"node": "S3", "project": "b", "window": {"from": from, "until": from + 8000}}),
+            &json!({"node": "S3", "project": "b", "window": {"from": from, "until": from + 15_000}}),
         )
         .await)
     .await;

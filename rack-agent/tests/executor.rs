@@ -355,6 +355,29 @@ async fn timeouts_pause_cancel_and_one_run_per_node() {
     assert_eq!(h.message.as_deref(), Some("timed out after 300ms"));
     assert_eq!(st.step("after").unwrap().state, StepState::Succeeded);
 
+    // Timeout of a command the node-agent is already running: the step gives up, the
+    // node-agent's late result is still accepted, and the next command runs.
+    let mut slow = step("slow", run_cmd("sleep 3"));
+    slow.timeout = HumanDuration::from_millis(500);
+    slow.on_failure = OnFailure::Continue;
+    ex.submit(
+        "t2",
+        n3,
+        plan(vec![
+            slow,
+            step(
+                "next",
+                run_cmd(&format!("touch {}", marker("after-timeout").display())),
+            ),
+        ]),
+    )
+    .unwrap();
+    let st = lab.finished(&ex, "t2").await;
+    assert_eq!(st.state, RunState::Succeeded, "{st:#?}");
+    let m = st.step("slow").unwrap().message.clone().unwrap();
+    assert!(m.starts_with("timed out after 500ms"), "{m}");
+    assert!(marker("after-timeout").exists());
+
     // One run per node: the second waits for the first, which waits for an event.
     let gate = step(
         "gate",

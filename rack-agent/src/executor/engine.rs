@@ -125,11 +125,11 @@ fn cancel_run(sh: &Shared, run_id: &str) -> Result<(), ExecutorError> {
     Ok(())
 }
 
-/// Takes back node actions of the run that were not delivered yet.
+/// Takes back node actions of the run that were not delivered yet (see [`steps::withdraw`]).
 fn withdraw_actions(sh: &Shared, rec: &RunRecord) {
     for j in &rec.journal {
         if let Some(a) = &j.action {
-            sh.hw.node_actions.cancel(a);
+            steps::withdraw(&sh.hw.node_actions, a);
         }
     }
 }

@@ -311,9 +311,9 @@ impl StepCtx {
                 break r;
             }
             if self.left().is_zero() {
-                queue.cancel(&id);
+                withdraw(queue, &id);
                 return Err(StepErr::failed(format!(
-                    "node action {id}: no result before the step's timeout ({})",
+                    "timed out after {}: node action {id} gave no result",
                     self.step.timeout
                 )));
             }
@@ -326,6 +326,20 @@ impl StepCtx {
             });
         }
         Ok(Some(result))
+    }
+}
+
+/// Takes an action back if no node-agent has received it yet. One that was delivered stays
+/// queued: its node-agent is running it and will report a result, which the queue must
+/// still accept (the node-agent retries a refused result and polls for nothing else
+/// meanwhile); nobody waits for that result any more.
+pub fn withdraw(queue: &crate::boot::http::node_api::NodeActions, id: &str) {
+    let undelivered = queue
+        .pending()
+        .iter()
+        .any(|(_, a, deliveries)| a.id() == id && *deliveries == 0);
+    if undelivered {
+        queue.cancel(id);
     }
 }
 

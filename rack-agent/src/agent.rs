@@ -1,8 +1,9 @@
-//! A running agent: owns the store, the control socket and the fleet link task, under one
-//! cancellation token; [`Agent::shutdown`] stops them within a bound and removes the socket.
+//! A running agent: owns the store, the control socket, the fleet link task, the boot
+//! services, the reconcilers and the step executor, under one cancellation token;
+//! [`Agent::shutdown`] stops them within a bound and removes the socket.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -20,6 +21,9 @@ use crate::boot::tftp_scripts::TftpScripts;
 use crate::boot::{BootBackend, BootDeps, EventSink, MetricsRegistry};
 use crate::config::Config;
 use crate::control::{self, ControlError};
+use crate::executor::{
+    self, Executor, ExecutorError, ExecutorHardware, GuardedConnector, NodeDirectory,
+};
 use crate::status::LinkStats;
 use crate::store::{Store, StoreError};
 use crate::switch::{CountedSwitch, SwitchDriver, SwitchError};
@@ -46,6 +50,9 @@ pub enum AgentError {
     /// The HTTP boot server could not start.
     #[error(transparent)]
     Http(#[from] HttpError),
+    /// The step executor could not open its database.
+    #[error(transparent)]
+    Executor(#[from] ExecutorError),
     /// A configured switch driver could not be set up.
     #[error("switch {name}: {source}")]
     Switch {
@@ -91,6 +98,9 @@ pub struct Shared {
     /// Poked whenever events are enqueued, so the link sends them without polling.
     pub outbox_ready: Notify,
     link: Mutex<LinkStats>,
+    /// The step executor, once opened (the boot services bind before it and apply its
+    /// overrides from then on).
+    executor: OnceLock<Executor>,
 }
 
 impl Shared {
@@ -101,7 +111,13 @@ impl Shared {
             store,
             outbox_ready: Notify::new(),
             link: Mutex::new(LinkStats::default()),
+            executor: OnceLock::new(),
         }
+    }
+
+    /// The step executor, once the agent opened it.
+    pub fn executor(&self) -> Option<&Executor> {
+        self.executor.get()
     }
 
     /// A copy of the link counters.
@@ -118,15 +134,55 @@ impl Shared {
     }
 }
 
-/// The boot services read the rack's desired state from the store.
+/// The boot services read the rack's desired state from the store, with the executor's
+/// overrides applied: the boot target `boot.set`/`os.install` chose and the address
+/// `dhcp.reserve` pinned, so DHCP, TFTP and HTTP answers follow the run in progress.
 impl BootBackend for Shared {
     fn node_by_mac(&self, mac: &protocol::Mac) -> Option<protocol::fleet::RackNode> {
         match self.store.node_by_mac(mac) {
-            Ok(node) => node,
+            Ok(mut node) => {
+                if let (Some(n), Some(x)) = (node.as_mut(), self.executor.get()) {
+                    x.apply_overrides(n);
+                }
+                node
+            }
             Err(e) => {
                 tracing::error!(%mac, error = %crate::error_chain(&e), "store lookup failed");
                 None
             }
+        }
+    }
+}
+
+/// The rack's nodes for the executor, read from the store (without the executor's own
+/// overrides: steps act on the node as the desired state describes it).
+#[derive(Debug, Clone)]
+pub struct StoreDirectory(pub Store);
+
+impl NodeDirectory for StoreDirectory {
+    fn node(&self, id: protocol::NodeId) -> Option<protocol::fleet::RackNode> {
+        self.0.node(id).unwrap_or_else(|e| {
+            tracing::error!(node = %id, error = %crate::error_chain(&e), "store lookup failed");
+            None
+        })
+    }
+
+    fn node_by_mac(&self, mac: &protocol::Mac) -> Option<protocol::fleet::RackNode> {
+        self.0.node_by_mac(mac).unwrap_or_else(|e| {
+            tracing::error!(%mac, error = %crate::error_chain(&e), "store lookup failed");
+            None
+        })
+    }
+}
+
+/// The agent's event sink for what the executor holds (BMC failures): weak, because the
+/// agent's state holds the executor and a strong handle would keep both alive forever.
+struct WeakEvents(Weak<Shared>);
+
+impl EventSink for WeakEvents {
+    fn emit(&self, kinds: Vec<protocol::fleet::EventKind>) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.emit(kinds);
         }
     }
 }
@@ -184,9 +240,12 @@ impl Agent {
         ];
         // Boot services bind before anything is spawned for them, so a port in use or a
         // missing interface fails the start instead of leaving a half-running agent.
+        // Check-ins, leases and node-agent log lines also reach the executor (facts for
+        // `node.wait`, step logs and progress).
+        let (events, observations) = executor::tap(shared.clone());
         let mut deps = BootDeps {
             backend: shared.clone(),
-            events: shared.clone(),
+            events,
             data_dir: shared.config.data_dir.clone(),
             ipxe_dir: shared.config.ipxe_dir.clone(),
             metrics: MetricsRegistry::default(),
@@ -218,6 +277,20 @@ impl Agent {
             bmcs,
             switches,
         };
+        let run_sink = Arc::new(executor::outbox::OutboxSink::default());
+        let opened = Self::open_executor(&shared, &hardware, run_sink.clone(), observations);
+        let ex = match opened {
+            Ok(ex) => ex,
+            Err(e) => {
+                cancel.cancel();
+                for t in tasks {
+                    t.abort();
+                }
+                control::remove_socket(&socket);
+                return Err(e.into());
+            }
+        };
+        tasks.extend(Self::spawn_executor(&shared, ex, run_sink, &cancel));
         // Power and switch ports follow the desired state from here on (offline too).
         tasks.extend(crate::reconcile::spawn(&shared, &hardware, &cancel));
         if let Some(s) = http {
@@ -248,6 +321,66 @@ impl Agent {
         })
     }
 
+    /// Opens the step executor on `<data_dir>/runs.redb` (resuming the runs it holds) and
+    /// makes the boot services apply its overrides.
+    fn open_executor(
+        shared: &Arc<Shared>,
+        hardware: &Hardware,
+        sink: Arc<executor::outbox::OutboxSink>,
+        observations: executor::Observations,
+    ) -> Result<Executor, ExecutorError> {
+        let mut config = shared.config.executor.clone();
+        config.data_dir = shared.config.data_dir.clone();
+        let hw = ExecutorHardware {
+            // Without an HTTP server no node-agent can fetch actions: node steps time out.
+            node_actions: hardware.node_actions.clone().unwrap_or_default(),
+            bmcs: Arc::new(GuardedConnector {
+                config: shared.config.bmc.clone(),
+                registry: hardware.bmcs.clone(),
+                events: Arc::new(WeakEvents(Arc::downgrade(shared))),
+            }),
+            nodes: Arc::new(StoreDirectory(shared.store.clone())),
+        };
+        let ex = Executor::open(config, hw, sink, observations)?;
+        // Set once per Shared; a second start builds a new Shared.
+        let _ = shared.executor.set(ex.clone());
+        Ok(ex)
+    }
+
+    /// The run reconciler (desired runs → executor) and the writer of run events into the
+    /// outbox. At cancellation the reconciler stops, then the executor (its run tasks stop
+    /// where they are; a restart resumes them), then the writer flushes what is queued.
+    fn spawn_executor(
+        shared: &Arc<Shared>,
+        ex: Executor,
+        sink: Arc<executor::outbox::OutboxSink>,
+        cancel: &CancellationToken,
+    ) -> Vec<JoinHandle<()>> {
+        let stop_writer = CancellationToken::new();
+        let wake_shared = shared.clone();
+        let writer = tokio::spawn(executor::outbox::run(
+            sink.clone(),
+            shared.store.clone(),
+            Arc::new(move || wake_shared.outbox_ready.notify_one()),
+            stop_writer.clone(),
+        ));
+        let store = shared.store.clone();
+        let cancel = cancel.clone();
+        let reconciler = tokio::spawn(async move {
+            executor::reconcile::run(
+                ex.clone(),
+                store,
+                sink,
+                executor::reconcile::RECONCILE_INTERVAL,
+                cancel,
+            )
+            .await;
+            ex.shutdown().await;
+            stop_writer.cancel();
+        });
+        vec![reconciler, writer]
+    }
+
     /// One counted driver per configured switch (no I/O yet), its counters registered.
     fn connect_switches(
         config: &Config,
@@ -266,6 +399,11 @@ impl Agent {
     /// Where the HTTP boot server listens, if configured.
     pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
         self.http_addr
+    }
+
+    /// The step executor.
+    pub fn executor(&self) -> Option<&Executor> {
+        self.shared.executor()
     }
 
     /// The hardware handles (node actions, BMC registry, switch drivers).

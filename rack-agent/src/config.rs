@@ -12,6 +12,7 @@ use crate::boot::dhcp::DhcpConfig;
 use crate::boot::http::HttpConfig;
 use crate::boot::tftp::TftpConfig;
 use crate::boot::{ConfigCtx, KeyError, DEFAULT_IPXE_DIR};
+use crate::executor::ExecutorConfig;
 use crate::switch::SwitchConfig;
 use serde::Deserialize;
 
@@ -67,6 +68,7 @@ struct RawConfig {
     http: Option<toml::Table>,
     bmc: Option<toml::Table>,
     switches: Option<Vec<toml::Value>>,
+    executor: Option<toml::Table>,
 }
 
 /// Validated agent configuration.
@@ -102,6 +104,9 @@ pub struct Config {
     pub bmc: BmcConfig,
     /// The rack's switches (`[[switches]]`): driver, address, credentials.
     pub switches: Vec<SwitchConfig>,
+    /// The workflow step executor (`[executor]`): playbooks, keys, log retention. Its
+    /// `autoinstall_dir` defaults to the HTTP server's `templates_dir`.
+    pub executor: ExecutorConfig,
 }
 
 impl Config {
@@ -238,6 +243,15 @@ impl Config {
             .transpose()
             .map_err(|e| err(&format!("switches{}", e.key), e.message))?
             .unwrap_or_default();
+        let mut executor = raw
+            .executor
+            .map(|t| ExecutorConfig::from_toml(t, &ctx))
+            .transpose()
+            .map_err(|e| section("executor", e))?
+            .unwrap_or_else(|| ExecutorConfig::new(data_dir.clone()));
+        if executor.autoinstall_dir.is_none() {
+            executor.autoinstall_dir = http.as_ref().map(|h| h.templates_dir.clone());
+        }
         let ipxe_dir = raw
             .ipxe_dir
             .map(resolve)
@@ -258,6 +272,7 @@ impl Config {
             http,
             bmc,
             switches,
+            executor,
         })
     }
 
@@ -359,6 +374,26 @@ mod tests {
         assert!((c.renew_before_fraction - DEFAULT_RENEW_BEFORE_FRACTION).abs() < f64::EPSILON);
         assert_eq!(c.store_path(), Path::new("/var/lib/agent/agent.redb"));
         assert_eq!(c.key_path(), Path::new("/var/lib/agent/tls/agent.key"));
+    }
+
+    #[test]
+    fn executor_section() {
+        let c = parse("rack = \"r1\"\ndata_dir = \"/d\"\n").unwrap();
+        assert_eq!(c.executor.data_dir, Path::new("/d"));
+        assert_eq!(c.executor.playbook_dir, Path::new("/d/playbooks"));
+        assert_eq!(c.executor.autoinstall_dir, None);
+        let c = parse(
+            "rack = \"r1\"\ndata_dir = \"/d\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [executor]\nplaybook_dir = \"pb\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.executor.playbook_dir, Path::new("/etc/metalfleet/pb"));
+        let templates = c.http.as_ref().map(|h| h.templates_dir.clone());
+        assert_eq!(c.executor.autoinstall_dir, templates);
+        assert_eq!(
+            err("rack = \"r1\"\ndata_dir = \"/d\"\n[executor]\nmax_log_lines = 0\n"),
+            "/etc/metalfleet/agent.toml: executor.max_log_lines: 0 is out of range 1..=1000000"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The agent's local store (redb, `data_dir/agent.redb`): the rack's desired state with its
-//! revision (nodes and switch-port intents), the generations of power and port intents the
+//! revision (nodes, switch-port intents and workflow run assignments), the generations of power and port intents the
 //! reconcilers have carried out, the fleet endpoints, certificate renewal info, and the durable
 //! event outbox.
 //!
@@ -19,6 +19,7 @@
 //! | `ports`        | (switch, port)       | [`PortIntent`]                                |
 //! | `power_applied`| node id (`u128`)     | (node id, [`Applied`]): last power generation acted on |
 //! | `ports_applied`| (switch, port)       | [`Applied`]: last port generation acted on    |
+//! | `runs`         | run id (`&str`)      | [`RunAssignment`]                             |
 //!
 //! An intent's outcome and its events are committed in one transaction
 //! ([`Store::record_power_applied`], [`Store::record_ports_applied`]), so after a crash the
@@ -31,7 +32,9 @@ use std::sync::Arc;
 
 use std::collections::BTreeMap;
 
-use protocol::fleet::{Delta, Event, EventKind, PortIntent, RackDesiredState, RackNode};
+use protocol::fleet::{
+    Delta, Event, EventKind, PortIntent, RackDesiredState, RackNode, RunAssignment,
+};
 use protocol::{Mac, NodeId, Revision};
 use redb::{
     Database, Durability, MultimapTableDefinition, ReadableDatabase, ReadableTable,
@@ -48,6 +51,7 @@ const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const PORTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("ports");
 const POWER_APPLIED: TableDefinition<u128, &[u8]> = TableDefinition::new("power_applied");
 const PORTS_APPLIED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("ports_applied");
+const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
 
 const META_SCHEMA: &str = "schema";
 const META_REVISION: &str = "revision";
@@ -67,8 +71,8 @@ pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 
 /// Layout of the tables (which tables and indexes exist). Bumped when a table is added or the
 /// meaning of a key changes; the store refuses a file written with a newer schema and
-/// upgrades an older one in place (2: `ports`, `power_applied`, `ports_applied`).
-pub const SCHEMA_VERSION: u32 = 2;
+/// upgrades an older one in place (2: `ports`, `power_applied`, `ports_applied`; 3: `runs`).
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -274,6 +278,7 @@ impl Store {
                 .map_err(s.db("create tables"))?;
             txn.open_table(PORTS_APPLIED)
                 .map_err(s.db("create tables"))?;
+            txn.open_table(RUNS).map_err(s.db("create tables"))?;
             let mut meta = txn.open_table(META).map_err(s.db("create tables"))?;
             match s.meta_get::<u32, _>(&meta, META_SCHEMA)? {
                 Some(found) if found > SCHEMA_VERSION => {
@@ -382,6 +387,15 @@ impl Store {
                     )
                     .map_err(s.db(OP))?;
             }
+            txn.delete_table(RUNS).map_err(s.db(OP))?;
+            let mut runs = txn.open_table(RUNS).map_err(s.db(OP))?;
+            for run in &state.runs {
+                runs.insert(
+                    run.run_id.as_str(),
+                    s.encode("run assignment", run)?.as_slice(),
+                )
+                .map_err(s.db(OP))?;
+            }
             let mut meta = txn.open_table(META).map_err(s.db(OP))?;
             s.meta_put(&mut meta, META_REVISION, &state.revision)
         })
@@ -410,6 +424,7 @@ impl Store {
             let mut ports = txn.open_table(PORTS).map_err(s.db(OP))?;
             let mut ports_applied = txn.open_table(PORTS_APPLIED).map_err(s.db(OP))?;
             let mut power_applied = txn.open_table(POWER_APPLIED).map_err(s.db(OP))?;
+            let mut runs = txn.open_table(RUNS).map_err(s.db(OP))?;
             for delta in deltas {
                 let id = match delta {
                     Delta::UpsertNode(node) => node.id,
@@ -426,8 +441,18 @@ impl Store {
                             .map_err(s.db(OP))?;
                         continue;
                     }
-                    // Runs are not stored yet: the executor wiring (issue 6) takes them.
-                    Delta::UpsertRun(_) | Delta::RemoveRun(_) => continue,
+                    Delta::UpsertRun(run) => {
+                        runs.insert(
+                            run.run_id.as_str(),
+                            s.encode("run assignment", run)?.as_slice(),
+                        )
+                        .map_err(s.db(OP))?;
+                        continue;
+                    }
+                    Delta::RemoveRun(run_id) => {
+                        runs.remove(run_id.as_str()).map_err(s.db(OP))?;
+                        continue;
+                    }
                     Delta::RemovePort { switch, port } => {
                         // Forgotten entirely: a later intent for the port is applied afresh.
                         let key = (switch.as_str(), port.as_str());
@@ -478,6 +503,19 @@ impl Store {
             let (k, v) = item.map_err(self.db(OP))?;
             let (switch, port) = k.value();
             out.push(self.decode(v.value(), || format!("port intent {switch}/{port}"))?);
+        }
+        Ok(out)
+    }
+
+    /// Every stored run assignment, sorted by run id.
+    pub fn runs(&self) -> Result<Vec<RunAssignment>, StoreError> {
+        const OP: &str = "read run assignments";
+        let txn = self.inner.db.begin_read().map_err(self.db(OP))?;
+        let table = txn.open_table(RUNS).map_err(self.db(OP))?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(self.db(OP))? {
+            let (k, v) = item.map_err(self.db(OP))?;
+            out.push(self.decode(v.value(), || format!("run assignment {}", k.value()))?);
         }
         Ok(out)
     }
@@ -590,6 +628,18 @@ impl Store {
             out.push(self.decode_node(v.value(), || format!("node {:032x}", k.value()))?);
         }
         Ok(out)
+    }
+
+    /// The stored node with this id, if any.
+    pub fn node(&self, id: NodeId) -> Result<Option<RackNode>, StoreError> {
+        const OP: &str = "read node";
+        let txn = self.inner.db.begin_read().map_err(self.db(OP))?;
+        let nodes = txn.open_table(NODES).map_err(self.db(OP))?;
+        let Some(v) = nodes.get(id.0.as_u128()).map_err(self.db(OP))? else {
+            return Ok(None);
+        };
+        self.decode_node(v.value(), || format!("node {id}"))
+            .map(Some)
     }
 
     /// Number of stored nodes.
@@ -1476,7 +1526,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = open(&dir);
-            store.write_meta("forge", META_SCHEMA, &1u32).unwrap();
+            store.write_meta("forge", META_SCHEMA, &2u32).unwrap();
+            // A schema 2 file has no runs table.
+            store
+                .write("forge", |txn, s| {
+                    txn.delete_table(RUNS).map_err(s.db("forge"))?;
+                    Ok(())
+                })
+                .unwrap();
         }
         let store = open(&dir);
         assert_eq!(
@@ -1484,6 +1541,71 @@ mod tests {
             Some(SCHEMA_VERSION)
         );
         assert!(store.ports().unwrap().is_empty());
+        assert!(store.runs().unwrap().is_empty());
+    }
+
+    fn run(id: &str, control: protocol::fleet::RunControl, revision: Revision) -> RunAssignment {
+        RunAssignment {
+            run_id: id.into(),
+            node: node(1, 1).id,
+            plan: protocol::workflow::RunPlan {
+                template: "t".into(),
+                version: 1,
+                params: BTreeMap::new(),
+                steps: Vec::new(),
+            },
+            control,
+            revision,
+        }
+    }
+
+    #[test]
+    fn run_assignments_follow_snapshots_and_deltas() {
+        use protocol::fleet::RunControl;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(&dir);
+            let mut rx = store.subscribe();
+            store
+                .apply_snapshot(&RackDesiredState {
+                    revision: 5,
+                    nodes: vec![node(1, 1)],
+                    ports: Vec::new(),
+                    runs: vec![run("a", RunControl::Run, 4), run("b", RunControl::Run, 5)],
+                })
+                .unwrap();
+            store
+                .apply_deltas(
+                    5,
+                    7,
+                    &[
+                        Delta::UpsertRun(run("b", RunControl::Pause, 6)),
+                        Delta::UpsertRun(run("c", RunControl::Run, 7)),
+                        Delta::RemoveRun("a".into()),
+                        // Removing what is not there is a no-op.
+                        Delta::RemoveRun("zzz".into()),
+                    ],
+                )
+                .unwrap();
+            assert_eq!(*rx.borrow_and_update(), 2);
+        }
+        let store = open(&dir);
+        assert_eq!(
+            store.runs().unwrap(),
+            [run("b", RunControl::Pause, 6), run("c", RunControl::Run, 7)]
+        );
+        // A snapshot replaces the runs as a whole.
+        store
+            .apply_snapshot(&RackDesiredState {
+                revision: 8,
+                nodes: vec![node(1, 1)],
+                ports: Vec::new(),
+                runs: vec![run("d", RunControl::Cancel, 8)],
+            })
+            .unwrap();
+        assert_eq!(store.runs().unwrap(), [run("d", RunControl::Cancel, 8)]);
+        assert_eq!(store.node(node(1, 1).id).unwrap(), Some(node(1, 1)));
+        assert_eq!(store.node(node(2, 1).id).unwrap(), None);
     }
 
     #[test]

@@ -301,6 +301,24 @@ impl Journal {
         Ok(out)
     }
 
+    /// Deletes a run with the logs of its `steps` steps in one transaction; returns whether
+    /// it was stored.
+    pub fn remove_run(&self, run_id: &str, steps: u32) -> Result<bool, ExecutorError> {
+        const OP: &str = "remove run";
+        self.write(OP, |txn, p| {
+            let mut runs = txn.open_table(RUNS).map_err(db_err(p, OP))?;
+            let existed = runs.remove(run_id).map_err(db_err(p, OP))?.is_some();
+            let mut bounds = txn.open_table(LOG_BOUNDS).map_err(db_err(p, OP))?;
+            let mut logs = txn.open_table(LOGS).map_err(db_err(p, OP))?;
+            for step in 0..steps {
+                bounds.remove((run_id, step)).map_err(db_err(p, OP))?;
+                logs.retain_in((run_id, step, 0)..=(run_id, step, u64::MAX), |_, _| false)
+                    .map_err(db_err(p, OP))?;
+            }
+            Ok(existed)
+        })
+    }
+
     /// Appends lines to a step's log, keeping at most `max_lines` (oldest dropped).
     pub fn append_logs(
         &self,

@@ -41,6 +41,8 @@ use crate::boot::EventSink;
 mod engine;
 pub mod journal;
 pub mod observe;
+pub mod outbox;
+pub mod reconcile;
 pub mod steps;
 
 pub use journal::{Control, DhcpPin, NodeOverrides};
@@ -180,6 +182,14 @@ pub enum ExecutorError {
     /// The executor is shutting down.
     #[error("the executor is shutting down")]
     ShuttingDown,
+    /// The run is not over; it cannot be forgotten.
+    #[error("run {run_id:?} is not over yet ({state:?}); cancel it first")]
+    NotFinished {
+        /// The id.
+        run_id: String,
+        /// Its state.
+        state: RunState,
+    },
 }
 
 /// What the executor reports.
@@ -635,6 +645,19 @@ impl Executor {
         node: NodeId,
         plan: RunPlan,
     ) -> Result<Submitted, ExecutorError> {
+        self.submit_with(run_id, node, plan, Control::Run)
+    }
+
+    /// [`Executor::submit`] of a run that starts paused or cancelled when `control` says so
+    /// (a run assigned paused never starts a step before its resume). The control of a run
+    /// submitted before is left as it is.
+    pub fn submit_with(
+        &self,
+        run_id: &str,
+        node: NodeId,
+        plan: RunPlan,
+        control: Control,
+    ) -> Result<Submitted, ExecutorError> {
         check_run_id(run_id)?;
         if self.shared.cancel.is_cancelled() {
             return Err(ExecutorError::ShuttingDown);
@@ -657,7 +680,7 @@ impl Executor {
             journal: vec![journal::StepJournal::default(); plan.steps.len()],
             plan,
             status,
-            control: Control::Run,
+            control,
             entries: 0,
         };
         let (rec, new) = self.shared.journal.insert_run(rec)?;
@@ -737,6 +760,38 @@ impl Executor {
             .into_iter()
             .map(|r| (r.run_id, r.node, r.status.state))
             .collect())
+    }
+
+    /// What was last asked of a run since the executor opened (`None` for a run it does not
+    /// drive: unknown, or found over when it opened).
+    pub fn requested(&self, run_id: &str) -> Option<Control> {
+        self.shared
+            .controls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(run_id)
+            .map(|tx| *tx.borrow())
+    }
+
+    /// Deletes a finished run with its logs (once the coordinators have recorded its end).
+    /// Returns whether it was stored; a run not over is refused.
+    pub fn forget(&self, run_id: &str) -> Result<bool, ExecutorError> {
+        let Some(rec) = self.shared.journal.run(run_id)? else {
+            return Ok(false);
+        };
+        if !rec.status.state.is_final() {
+            return Err(ExecutorError::NotFinished {
+                run_id: run_id.to_owned(),
+                state: rec.status.state,
+            });
+        }
+        self.shared
+            .controls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(run_id);
+        let steps = u32::try_from(rec.plan.steps.len()).unwrap_or(u32::MAX);
+        self.shared.journal.remove_run(run_id, steps)
     }
 
     /// The kept log lines of one step of a run, oldest first.

@@ -22,6 +22,9 @@ use protocol::NodeId;
 use super::{steps, ExecutorError, RunEvent, Shared};
 use crate::boot::EventSink;
 
+/// How often a progress report that repeats the stored percent is recorded.
+pub const PROGRESS_EVERY_MS: i64 = 10_000;
+
 /// Prefix of a node-agent log line that reports a named node event.
 pub const EVENT_PREFIX: &str = "metalfleet.event ";
 
@@ -197,6 +200,14 @@ fn append_lines(
             lines,
         });
     }
+    // A stress tool may print progress every second for days: a report that only repeats
+    // the stored percent is recorded at most every PROGRESS_EVERY_MS.
+    let now = crate::unix_millis();
+    let worth = |old: Option<&Progress>, percent: u8| {
+        old.is_none_or(|p| p.percent != percent || now - p.at >= PROGRESS_EVERY_MS)
+    };
+    let stored = rec.status.steps.get(step).and_then(|s| s.progress.as_ref());
+    let progress = progress.filter(|(percent, _)| worth(stored, *percent));
     if let Some((percent, message)) = progress {
         let mut changed = false;
         let updated = sh.journal.update_run(run, |r| {

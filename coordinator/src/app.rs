@@ -249,6 +249,7 @@ impl App {
         tokio::spawn(crate::fleet::serve(fleet_endpoint, app.clone()));
         crate::identify::spawn(&app);
         crate::tenancy_driver::spawn(&app);
+        crate::rollout_driver::spawn(&app);
         Ok(app)
     }
 

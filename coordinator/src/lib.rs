@@ -14,6 +14,7 @@ pub mod metrics;
 pub use ::pki;
 pub mod raft;
 pub mod secrets;
+pub mod rollout_driver;
 pub mod state;
 pub mod tenancy_driver;
 pub mod workflow;

@@ -12,6 +12,7 @@ pub mod csv_import;
 pub mod error;
 pub mod extract;
 mod fleet;
+pub mod runs;
 mod tenancy;
 
 use std::sync::Arc;
@@ -149,6 +150,7 @@ pub fn router(app: Arc<App>) -> Router {
         .routes(routes!(agents::list_agents))
         .routes(routes!(agents::revoke_agent))
         .merge(tenancy::routes())
+        .merge(runs::routes())
         .split_for_parts();
     let doc = Arc::new(doc);
     let max_body = app.config.max_body_bytes;

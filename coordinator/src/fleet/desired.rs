@@ -1,6 +1,7 @@
 //! A rack's slice of the desired state, as its agent holds it: the snapshot at a revision
-//! and the deltas since one — nodes (with their power intents) and switch-port intents. Pure
-//! functions of [`State`]; BMC passwords are opened here, for the one rack whose link asks.
+//! and the deltas since one — nodes (with their power intents), switch-port intents and
+//! workflow runs. Pure functions of [`State`]; BMC passwords are opened here, for the one
+//! rack whose link asks.
 
 use protocol::domain::Node;
 use protocol::fleet::{BmcAccess, Delta, RackDesiredState, RackNode};
@@ -69,7 +70,11 @@ pub fn snapshot(
         revision,
         nodes,
         ports: state.port_intents(rack),
-        runs: Vec::new(),
+        runs: state
+            .runs
+            .rack_runs(rack)
+            .map(crate::state::runs::Run::assignment)
+            .collect(),
     }
 }
 
@@ -95,6 +100,17 @@ pub fn deltas_since(state: &State, key: &SealingKey, rack: &RackId, since: Revis
             .port_intents_since(rack, since)
             .into_iter()
             .map(Delta::UpsertPort),
+    );
+    // Workflow runs: assigned or changed (control), or ended and recorded (the agent may
+    // forget them).
+    out.extend(
+        state
+            .runs
+            .rack_runs_since(rack, since)
+            .map(|r| match r.removed_at {
+                Some(_) => Delta::RemoveRun(r.id.clone()),
+                None => Delta::UpsertRun(r.assignment()),
+            }),
     );
     out
 }

@@ -156,6 +156,9 @@ pub enum Command {
     /// Tenancy: allocation, networks, attachments, power, moves, leases (issue 7). Appended
     /// last: postcard encodes a variant by its position.
     Tenancy(super::tenancy::TenancyCommand),
+    /// Workflows, runs and rollouts (issue 6). Appended last: postcard encodes a variant by
+    /// its position.
+    Runs(super::runs::RunsCommand),
 }
 
 impl Command {
@@ -184,6 +187,7 @@ impl Command {
             Command::AgentEvents { .. } => "rack.events",
             Command::AgentLinkReport { .. } => "rack.link",
             Command::Tenancy(t) => t.action(),
+            Command::Runs(r) => r.action(),
             Command::Note { action, .. } => action,
         }
     }
@@ -216,6 +220,7 @@ impl Command {
             | Command::AgentLinkReport { rack, .. } => rack.to_string(),
             Command::RevokeAgent(r) => r.to_string(),
             Command::Tenancy(t) => t.target(),
+            Command::Runs(r) => r.target(),
             Command::Note { target, .. } => target.clone(),
         }
     }
@@ -943,6 +948,10 @@ impl State {
                 Ok(Applied::Done)
             }
             Command::Tenancy(t) => self.apply_tenancy(rev, at, t),
+            Command::Runs(r) => {
+                let actor = self.tenancy.actor_now.clone();
+                self.apply_runs(rev, at, &actor, r)
+            }
             Command::Note { .. } => Ok(Applied::Done),
         }
     }
@@ -1075,12 +1084,16 @@ impl State {
             EventKind::Boot { .. } => {}
             // Run progress and step logs feed runs, rollouts and the node timeline (issue 6);
             // counted as applied.
-            EventKind::RunStatus { .. } | EventKind::StepLog { .. } => {}
+            EventKind::RunStatus { .. } | EventKind::StepLog { .. } => {
+                self.apply_run_event(rack, rev, e)
+            }
             // Outcomes of power and port intents advance tenancy jobs.
             EventKind::PowerApplied { .. } | EventKind::PortApplied { .. } => {
                 self.apply_tenancy_event(rack, rev, e.at, &e.kind)
             }
         }
+        // The node timeline (issue 6): check-ins, boot decisions, power, logs.
+        self.note_event(rack, rev, e);
     }
 
     /// Checks an import against the current state without changing it; also used for the

@@ -12,6 +12,9 @@ mod agent_tests;
 mod apply;
 #[cfg(test)]
 mod identify_tests;
+pub mod runs;
+#[cfg(test)]
+mod runs_tests;
 pub mod tenancy;
 #[cfg(test)]
 mod tenancy_tests;
@@ -92,6 +95,8 @@ pub enum Key {
     Departure(RackId, NodeId),
     /// A tenancy object (network, switch port, power intent, job, elastic lease).
     Tenancy(tenancy::TenancyKey),
+    /// A workflow object (template version, run, step log, node timeline, rollout).
+    Runs(runs::RunsKey),
 }
 
 /// The whole desired state held by every coordinator.
@@ -129,6 +134,9 @@ pub struct State {
     /// Networks, switch ports, power intents, jobs and elastic leases (issue 7).
     #[serde(default)]
     pub tenancy: tenancy::Tenancy,
+    /// Workflow templates, runs, step logs, node timelines and rollouts (issue 6).
+    #[serde(default)]
+    pub runs: runs::Runs,
 
     /// Index: serial → node id. Derived; rebuilt by [`State::rebuild_indexes`].
     #[serde(skip)]
@@ -195,6 +203,7 @@ impl State {
             *e = (*e).max(*rev);
         }
         self.rebuild_tenancy_indexes();
+        self.rebuild_runs_indexes();
     }
 
     /// Ids of the nodes in `rack`.
@@ -292,6 +301,7 @@ impl State {
                 .map(|(r, n)| Key::Departure(r.clone(), *n)),
         );
         keys.extend(self.tenancy.keys().into_iter().map(Key::Tenancy));
+        keys.extend(self.runs.keys().into_iter().map(Key::Runs));
         keys
     }
 
@@ -319,6 +329,7 @@ impl State {
                 enc(record.as_ref())
             }
             Key::Tenancy(k) => self.tenancy.encode(k),
+            Key::Runs(k) => self.runs.encode(k),
         }
     }
 
@@ -341,6 +352,7 @@ impl State {
             Key::Lease(k) => format!("lease/{k}"),
             Key::Departure(r, n) => format!("departure/{r}/{n}"),
             Key::Tenancy(k) => tenancy::Tenancy::storage_key(k),
+            Key::Runs(k) => runs::Runs::storage_key(k),
         }
     }
 
@@ -411,6 +423,7 @@ impl State {
                 self.departures.insert((r, n), rev);
             }
             t if tenancy::STORAGE_KINDS.contains(&t) => self.tenancy.load(t, storage_key, bytes)?,
+            t if runs::STORAGE_KINDS.contains(&t) => self.runs.load(t, storage_key, bytes)?,
             other => return Err(format!("unknown object kind {other:?} in {storage_key:?}")),
         }
         Ok(())

@@ -23,6 +23,8 @@
 //! the same teardown first.
 
 mod config;
+pub mod buildout;
+pub mod os;
 mod sys;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,209 @@
+//! The buildout on the lab (issue 6's main job): the lab OS put where the rack agents serve
+//! it, the workflow templates of `examples/workflows/` stored in the coordinators, a
+//! `buildout` rollout over the lab's nodes with `lab-params.yaml`, its progress, and the table
+//! of nodes it ends with (rack, U, serial, IPs, state).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::os::LabOs;
+use super::sys::wait_for;
+use super::{Lab, LabError, Result};
+
+/// The templates, in include order (the coordinator checks includes when storing).
+pub const WORKFLOWS: [&str; 4] = ["discovery", "testing", "install", "buildout"];
+/// How long the lab-sized buildout of a handful of VMs may take on a loaded 2-core machine.
+pub const BUILDOUT_TIMEOUT: Duration = Duration::from_secs(45 * 60);
+
+/// `examples/workflows/`.
+pub fn workflows_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/workflows")
+}
+
+/// Builds the lab OS, gives it to every rack agent and stores the workflow templates.
+pub fn prepare(lab: &Lab) -> Result<LabOs> {
+    let os = LabOs::build()?;
+    os.install_into(lab)?;
+    put_workflows(lab)?;
+    Ok(os)
+}
+
+/// `metalctl workflow put` for every template; a version already stored is fine.
+pub fn put_workflows(lab: &Lab) -> Result<()> {
+    let dir = workflows_dir();
+    for name in WORKFLOWS {
+        let file = dir.join(format!("{name}.yaml")).display().to_string();
+        match lab.metalctl(&["workflow", "put", &file]) {
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("already") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `lab-params.yaml` as `metalctl rollout create -p NAME=VALUE` arguments (JSON values).
+pub fn lab_params() -> Result<Vec<String>> {
+    let loaded = coordinator::workflow::load_dir(&workflows_dir())
+        .map_err(|e| LabError::Other(format!("examples/workflows: {e}")))?;
+    let file = loaded
+        .params
+        .get("lab-params.yaml")
+        .ok_or_else(|| LabError::Other("examples/workflows has no lab-params.yaml".into()))?;
+    Ok(file
+        .params
+        .iter()
+        .flat_map(|(k, v)| ["-p".to_owned(), format!("{k}={v}")])
+        .collect())
+}
+
+/// Starts the buildout with the lab parameters on `nodes` (serials; empty: every node of
+/// the lab's site) and returns the rollout id. `extra` goes to `metalctl rollout create` as is.
+pub fn start(lab: &Lab, nodes: &[&str], extra: &[&str]) -> Result<u64> {
+    let params = lab_params()?;
+    let site = lab.config().site.clone();
+    let mut args: Vec<&str> = vec!["rollout", "create", "buildout"];
+    args.extend(params.iter().map(String::as_str));
+    if nodes.is_empty() {
+        args.extend(["--site", &site]);
+    }
+    for n in nodes {
+        args.extend(["--node", n]);
+    }
+    args.extend_from_slice(extra);
+    let v = lab.metalctl_json(&args)?;
+    v["id"]
+        .as_u64()
+        .ok_or_else(|| LabError::Other(format!("rollout create answered no id: {v}")))
+}
+
+/// The rollout as `metalctl rollout get` shows it (JSON).
+pub fn get(lab: &Lab, id: u64) -> Result<Value> {
+    lab.metalctl_json(&["rollout", "get", &id.to_string()])
+}
+
+/// Polls the rollout until `done` says so; its last view.
+pub fn wait(
+    lab: &Lab,
+    id: u64,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    wait_for(timeout, what, || {
+        let v = get(lab, id)?;
+        if done(&v) {
+            return Ok(Some(v));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        Ok(None)
+    })
+}
+
+/// Whether a rollout view is in a final state.
+pub fn ended(v: &Value) -> bool {
+    matches!(
+        v["state"].as_str(),
+        Some("succeeded" | "failed" | "aborted")
+    )
+}
+
+/// One row of the final table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    /// Rack name.
+    pub rack: String,
+    /// U position.
+    pub u: String,
+    /// Chassis serial.
+    pub serial: String,
+    /// Addresses: the node's pinned/leased address and its BMC's.
+    pub ips: String,
+    /// Lifecycle state and the node's run state in the rollout.
+    pub state: String,
+}
+
+/// The lab's nodes for the final table, from `metalctl node list` and the rollout `id`.
+pub fn node_rows(lab: &Lab, rollout: Option<&Value>) -> Result<Vec<NodeRow>> {
+    let list = lab.metalctl_json(&["node", "list"])?;
+    let nodes = list
+        .as_array()
+        .or_else(|| list["nodes"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let mut rows: Vec<NodeRow> = nodes
+        .iter()
+        .map(|n| {
+            let id = s(&n["id"]);
+            let mut ips: Vec<String> = Vec::new();
+            for p in ["/facts/lease/ip", "/bmc/address", "/bmc/ip"] {
+                if let Some(ip) = n.pointer(p).and_then(Value::as_str) {
+                    ips.push(ip.to_owned());
+                }
+            }
+            if let Some(a) = n["static_ips"].as_array() {
+                for ip in a.iter().filter_map(|x| x["address"].as_str()) {
+                    if !ips.iter().any(|i| i == ip) {
+                        ips.push(ip.to_owned());
+                    }
+                }
+            }
+            let run = rollout
+                .and_then(|r| r.pointer(&format!("/nodes/{id}/state")))
+                .map(s)
+                .unwrap_or_default();
+            let state = if run.is_empty() {
+                s(&n["state"])
+            } else {
+                format!("{} (buildout {run})", s(&n["state"]))
+            };
+            NodeRow {
+                rack: s(&n["rack"]),
+                u: s(&n["u_position"]),
+                serial: s(&n["serial"]),
+                ips: ips.join(" "),
+                state,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.rack, &a.u, &a.serial).cmp(&(&b.rack, &b.u, &b.serial)));
+    Ok(rows)
+}
+
+/// The rows as an aligned text table.
+pub fn render_table(rows: &[NodeRow]) -> String {
+    let header = ["RACK", "U", "SERIAL", "IPS", "STATE"];
+    let cells: Vec<[&str; 5]> = rows
+        .iter()
+        .map(|r| [&*r.rack, &*r.u, &*r.serial, &*r.ips, &*r.state])
+        .collect();
+    let mut width = header.map(str::len);
+    for c in &cells {
+        for (w, v) in width.iter_mut().zip(c) {
+            *w = (*w).max(v.len());
+        }
+    }
+    let line = |c: [&str; 5]| {
+        let mut l = String::new();
+        for (i, (v, w)) in c.iter().zip(width).enumerate() {
+            if i + 1 == c.len() {
+                l.push_str(v);
+            } else {
+                l.push_str(&format!("{v:<w$}  "));
+            }
+        }
+        l.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header);
+    for c in cells {
+        out.push_str(&line(c));
+    }
+    out
+}

@@ -579,7 +579,9 @@ async fn agent_crash_mid_step_reruns_fails_or_reattaches() {
         "stress pass 1 of 10"
     );
 
-    // The agent dies in the middle of all three steps and comes back.
+    // An operator pauses the long run (it holds after the attempt in flight), then the
+    // agent dies in the middle of all three steps and comes back.
+    ex.pause("long").unwrap();
     lab.crash(ex).await;
     let ex = lab.start().await;
 
@@ -611,6 +613,15 @@ async fn agent_crash_mid_step_reruns_fails_or_reattaches() {
     // The long command was never queued again: the node-agent finishes it and its result
     // reaches the restarted agent.
     std::fs::write(&long_release, "").unwrap();
+    // The pause survived the restart: the attempt in flight finished, the next step waits.
+    let paused = lab
+        .wait_run(&ex, "long", "paused after the stress", |s| {
+            s.state == RunState::Paused
+        })
+        .await;
+    assert_eq!(paused.steps[0].state, StepState::Succeeded, "{paused:#?}");
+    assert_eq!(paused.steps[1].state, StepState::Pending);
+    ex.resume("long").unwrap();
     let long = lab.finished(&ex, "long").await;
     assert_eq!(long.state, RunState::Succeeded, "{long:#?}");
     assert_eq!(long.steps[0].attempts, 1);

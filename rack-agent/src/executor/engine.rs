@@ -157,9 +157,19 @@ async fn drive_inner(
             return Ok(());
         }
         let c = *ctl.borrow_and_update();
+        // An attempt found in flight (after a restart) is seen through first: a pause takes
+        // effect between attempts, and a node-agent still running the work needs its result
+        // accepted.
+        let in_flight = rec.status.current.is_some_and(|i| {
+            rec.status.steps.get(i).map(|s| s.state) == Some(StepState::Running)
+                && rec
+                    .journal
+                    .get(i)
+                    .is_some_and(|j| j.backoff_until.is_none())
+        });
         match c {
             Control::Cancel => return cancel_run(sh, run_id),
-            Control::Pause => {
+            Control::Pause if !in_flight => {
                 if rec.status.state != RunState::Paused {
                     update(sh, run_id, |r| {
                         r.control = Control::Pause;
@@ -171,10 +181,10 @@ async fn drive_inner(
                 }
                 continue;
             }
-            Control::Run => {
+            Control::Run | Control::Pause => {
                 if rec.status.state != RunState::Running || rec.status.current.is_none() {
                     update(sh, run_id, |r| {
-                        r.control = Control::Run;
+                        r.control = c;
                         r.status.state = RunState::Running;
                         r.status.started_at.get_or_insert(crate::unix_millis());
                         r.status.current.get_or_insert(0);

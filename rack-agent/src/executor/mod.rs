@@ -712,13 +712,18 @@ impl Executor {
             .unwrap_or_else(PoisonError::into_inner)
             .get(run_id)
             .cloned();
-        match tx {
-            Some(tx) => {
-                tx.send_replace(c);
-                Ok(())
+        let Some(tx) = tx else {
+            return Err(ExecutorError::ShuttingDown);
+        };
+        // Durable before it takes effect: a pause asked during an attempt holds across a
+        // restart that comes before the run's task records it.
+        self.shared.journal.update_run(run_id, |r| {
+            if !r.status.state.is_final() {
+                r.control = c;
             }
-            None => Err(ExecutorError::ShuttingDown),
-        }
+        })?;
+        tx.send_replace(c);
+        Ok(())
     }
 
     /// Cancels a run: the step in flight is stopped (a node action not yet delivered is

@@ -89,6 +89,15 @@ pub enum Command {
     /// Elastic leases: nodes lent to another project for a time window.
     #[command(subcommand)]
     Lease(super::tenancy::LeaseCmd),
+    /// Workflow templates.
+    #[command(subcommand)]
+    Workflow(super::runs::WorkflowCmd),
+    /// Workflow runs.
+    #[command(subcommand)]
+    Run(super::runs::RunCmd),
+    /// Rollouts: a workflow over many nodes with concurrency limits and a failure budget.
+    #[command(subcommand)]
+    Rollout(super::runs::RolloutCmd),
 }
 
 /// `metalctl cluster ...`
@@ -259,6 +268,8 @@ pub enum NodeCmd {
     /// Tenancy: allocate, free, attach, detach, revert, power, move, ports.
     #[command(flatten)]
     Tenancy(super::tenancy::NodeTenancyCmd),
+    /// A node's timeline: check-ins, boots, power, runs and steps, logs, jobs.
+    Events(super::runs::NodeEventsArgs),
 }
 
 /// `metalctl node set ...`

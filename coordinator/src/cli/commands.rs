@@ -60,6 +60,13 @@ fn format(answer: Answer, output: Output) -> Result<String, CliError> {
 /// Runs `cmd` against `api` and formats the answer.
 pub async fn execute(api: &Api, cmd: &Command, output: Output) -> Result<String, CliError> {
     let answer = match cmd {
+        // Workflow commands format their own answers (watch and follow print as they go).
+        Command::Workflow(c) => return super::runs::workflow(api, c, output).await,
+        Command::Run(c) => return super::runs::run(api, c, output).await,
+        Command::Rollout(c) => return super::runs::rollout(api, c, output).await,
+        Command::Node(NodeCmd::Events(a)) => {
+            return super::runs::node_events(api, a, output).await
+        }
         Command::Cluster(c) => cluster(api, c).await?,
         Command::Site(c) => site(api, c).await?,
         Command::Rack(c) => rack(api, c).await?,
@@ -404,6 +411,10 @@ async fn node(api: &Api, c: &NodeCmd) -> Result<Answer, CliError> {
             .await
         }
         NodeCmd::Tenancy(t) => tenancy_answer(super::tenancy::node(api, t).await?),
+        NodeCmd::Events(a) => Err(CliError::Input(format!(
+            "node events {} is handled before this point",
+            a.id
+        ))),
         NodeCmd::Set(s) => {
             let body = node_patch(s)?;
             write(

@@ -12,5 +12,6 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod render;
+pub mod runs;
 pub mod table;
 pub mod tenancy;

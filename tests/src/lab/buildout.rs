@@ -44,27 +44,34 @@ pub fn put_workflows(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
-/// `lab-params.yaml` as `metalctl rollout create -p NAME=VALUE` arguments (JSON values).
-pub fn lab_params() -> Result<Vec<String>> {
+/// `lab-params.yaml` as `metalctl rollout create -p NAME=VALUE` arguments (JSON values), for
+/// `workflow` (`buildout`, or one of its stages: the values it declares).
+pub fn lab_params(workflow: &str) -> Result<Vec<String>> {
     let loaded = coordinator::workflow::load_dir(&workflows_dir())
         .map_err(|e| LabError::Other(format!("examples/workflows: {e}")))?;
     let file = loaded
         .params
         .get("lab-params.yaml")
         .ok_or_else(|| LabError::Other("examples/workflows has no lab-params.yaml".into()))?;
+    let template = loaded
+        .registry
+        .get(workflow, None)
+        .ok_or_else(|| LabError::Other(format!("examples/workflows has no {workflow}")))?;
     Ok(file
         .params
         .iter()
+        .filter(|(k, _)| template.params.contains_key(*k))
         .flat_map(|(k, v)| ["-p".to_owned(), format!("{k}={v}")])
         .collect())
 }
 
-/// Starts the buildout with the lab parameters on `nodes` (serials; empty: every node of
-/// the lab's site) and returns the rollout id. `extra` goes to `metalctl rollout create` as is.
-pub fn start(lab: &Lab, nodes: &[&str], extra: &[&str]) -> Result<u64> {
-    let params = lab_params()?;
+/// Starts `workflow` (`buildout` or a stage) with the lab parameters on `nodes` (serials;
+/// empty: every node of the lab's site) and returns the rollout id. `extra` goes to
+/// `metalctl rollout create` as is.
+pub fn start(lab: &Lab, workflow: &str, nodes: &[&str], extra: &[&str]) -> Result<u64> {
+    let params = lab_params(workflow)?;
     let site = lab.config().site.clone();
-    let mut args: Vec<&str> = vec!["rollout", "create", "buildout"];
+    let mut args: Vec<&str> = vec!["rollout", "create", workflow];
     args.extend(params.iter().map(String::as_str));
     if nodes.is_empty() {
         args.extend(["--site", &site]);
@@ -141,7 +148,6 @@ pub fn node_rows(lab: &Lab, rollout: Option<&Value>) -> Result<Vec<NodeRow>> {
     let mut rows: Vec<NodeRow> = nodes
         .iter()
         .map(|n| {
-            let id = s(&n["id"]);
             let mut ips: Vec<String> = Vec::new();
             for p in ["/facts/lease/ip", "/bmc/address", "/bmc/ip"] {
                 if let Some(ip) = n.pointer(p).and_then(Value::as_str) {
@@ -156,8 +162,9 @@ pub fn node_rows(lab: &Lab, rollout: Option<&Value>) -> Result<Vec<NodeRow>> {
                 }
             }
             let run = rollout
-                .and_then(|r| r.pointer(&format!("/nodes/{id}/state")))
-                .map(s)
+                .and_then(|r| r["progress"]["nodes"].as_array())
+                .and_then(|ns| ns.iter().find(|v| v["node"] == n["id"]))
+                .map(|v| s(&v["state"]))
                 .unwrap_or_default();
             let state = if run.is_empty() {
                 s(&n["state"])

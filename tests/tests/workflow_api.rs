@@ -371,11 +371,7 @@ async fn workflows_runs_rollouts_and_timelines() {
     .unwrap();
     let r = f.wait_run(&run_id, "running").await;
     assert_eq!(r["status"]["current"], 1);
-    let filtered = ok(f
-        .admin
-        .get("/v1/runs?node=A2&state=running")
-        .await)
-    .await;
+    let filtered = ok(f.admin.get("/v1/runs?node=A2&state=running").await).await;
     assert_eq!(filtered[0]["id"], run_id.as_str());
 
     // The final status is recorded; the run leaves the agent's state; a new run may start.

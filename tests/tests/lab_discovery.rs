@@ -4,6 +4,8 @@
 //! rack's namespace), PXE-boots from the rack agent into the microkernel, checks in with its
 //! hardware inventory and is identified by serial — or, for the stray one, lands in the
 //! discovered pool. Afterwards the lab is torn down and nothing of it may remain.
+//! `up_over_a_crashed_lab_cleans_it_first` checks that `Lab::up` removes a lab left behind
+//! (with its directory, and by namespace prefix without it) before building.
 //!
 //! The lab is `Lab::shared`: tests added to this binary get the same lab while one is built.
 //! Needs root and what scripts/test.sh installs (qemu-system-x86, ipxe-qemu, openvswitch-switch,
@@ -239,5 +241,50 @@ fn vms_boot_through_their_bmcs_and_are_identified_by_serial() {
     let lab = Arc::try_unwrap(lab).expect("only this test holds the lab");
     lab.down().unwrap();
     let left = lab::leftovers(&dir, &cfg.prefix);
+    assert!(left.is_empty(), "left after teardown: {left:?}");
+}
+
+/// A one-VM lab for the crash tests (its own prefix and directory; no boots).
+fn small_config(prefix: &str) -> LabConfig {
+    let text = format!(
+        "prefix = \"{prefix}\"\ncoordinators = 1\n[[racks]]\nname = \"c1\"\nnumber = 5\n\
+         [[racks.vms]]\nname = \"vm\"\nserial = \"CRASH-1\"\nbmc = \"ipmi\"\n"
+    );
+    LabConfig::parse(&PathBuf::from("small_config"), &text).unwrap()
+}
+
+#[test]
+fn up_over_a_crashed_lab_cleans_it_first() {
+    let config = small_config("mfcrash");
+    let dir = std::env::temp_dir().join("metalfleet-lab-mfcrash");
+    // A lab whose owner "crashed": processes (a VM among them) and directory left behind.
+    let first = Lab::up(&config, &dir).unwrap();
+    first.power("vm", true).unwrap();
+    let qemu = first
+        .vm_pid("vm")
+        .unwrap()
+        .expect("QEMU runs after power on");
+    let mut old = first.running_pids();
+    old.push(qemu);
+    assert!(old.len() >= 4, "{old:?}");
+    first.detach();
+
+    // The next `up` in the same directory tears that lab down before building its own.
+    let second = Lab::up(&config, &dir).unwrap();
+    for pid in &old {
+        assert!(
+            !lab::alive(*pid),
+            "process {pid} of the crashed lab survived"
+        );
+    }
+    assert!(!second.vm_running("vm").unwrap());
+    assert!(!second.power_status("vm").unwrap());
+    second.detach();
+
+    // Directory lost too: the namespaces (and what runs in them) are found by prefix.
+    std::fs::remove_dir_all(&dir).unwrap();
+    let third = Lab::up(&config, &dir).unwrap();
+    third.down().unwrap();
+    let left = lab::leftovers(&dir, &config.prefix);
     assert!(left.is_empty(), "left after teardown: {left:?}");
 }

@@ -38,7 +38,7 @@ pub use config::{
     BmcKind, ConfigError, Firmware, LabConfig, RackConfig, VmConfig, AGENT_HTTP_PORT, BMC_USER,
     MGMT_IP, REDFISH_PORT,
 };
-pub use sys::{leftovers, Teardown};
+pub use sys::{alive, leftovers, Teardown};
 
 use sys::{ns_cmd, ns_ok, ns_run, output, require, run, spawn_detached, wait_for};
 
@@ -356,14 +356,29 @@ impl Lab {
             .unwrap_or_default())
     }
 
-    /// Whether a VM's QEMU process runs (read from its BMC's state, not through the BMC).
-    pub fn vm_running(&self, vm: &str) -> Result<bool> {
+    /// The PID of a VM's QEMU process, while it runs (read from its BMC's state, not
+    /// through the BMC).
+    pub fn vm_pid(&self, vm: &str) -> Result<Option<u32>> {
         let (rack, v) = self.vm(vm)?;
         let pidfile = self.vm_dir(rack, v).join("chassis/qemu.pid");
         Ok(std::fs::read_to_string(pidfile)
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
-            .is_some_and(sys::alive))
+            .filter(|p| sys::alive(*p)))
+    }
+
+    /// Whether a VM's QEMU process runs.
+    pub fn vm_running(&self, vm: &str) -> Result<bool> {
+        Ok(self.vm_pid(vm)?.is_some())
+    }
+
+    /// PIDs of the lab's recorded processes (daemons, coordinators, agents, BMCs) that run.
+    pub fn running_pids(&self) -> Vec<u32> {
+        sys::recorded(&self.dir.join("pids"))
+            .into_iter()
+            .filter(sys::Recorded::running)
+            .map(|r| r.pid)
+            .collect()
     }
 
     /// Runs `metalctl <args>` inside the core namespace with the lab's config; its stdout.
@@ -1203,18 +1218,16 @@ bridge = "{bridge}"
                 &[("RUST_LOG", "info".into()), ("NO_COLOR", "1".into())],
             )?;
         }
+        // Ready when its control socket accepts. Not `rack-agent status`: run before the agent
+        // holds its store, that opens the store itself and keeps the starting agent out.
         for rack in &self.config.racks {
-            let cfg = self.rack_dir(rack).join("agent.toml").display().to_string();
+            let sock = self.rack_dir(rack).join("agent/agent.sock");
             wait_for(
                 START_TIMEOUT,
                 &format!("the agent of {}", rack.name),
                 || {
-                    let mut c = Command::new(&agent_bin);
-                    c.args(["status", "--config", &cfg, "-o", "json"]);
-                    Ok(output(c)
+                    Ok(std::os::unix::net::UnixStream::connect(&sock)
                         .ok()
-                        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-                        .filter(|v| v.get("agent_running") == Some(&Value::Bool(true)))
                         .map(|_| ()))
                 },
             )?;
@@ -1261,8 +1274,18 @@ fn keep() -> bool {
 }
 
 /// `microkernel/build.sh` (cached by content hash): the directory with `vmlinuz` and
-/// `initrd.img`.
+/// `initrd.img`. Run once per process: the script replaces older cache entries and must not
+/// run twice at the same time (two tests building labs concurrently).
 pub fn microkernel_dir() -> Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<std::result::Result<PathBuf, String>> =
+        std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| build_microkernel().map_err(|e| e.to_string()))
+        .clone()
+        .map_err(LabError::Other)
+}
+
+fn build_microkernel() -> Result<PathBuf> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../microkernel/build.sh");
     let out = output(Command::new(&script))?;
     let dir = PathBuf::from(out.lines().last().unwrap_or("").trim());

@@ -404,3 +404,42 @@ pub fn log_tails(dir: &Path, n: usize) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn stat_reads_state_and_start_time_of_a_live_process() {
+        let (state, start) = stat(std::process::id()).unwrap();
+        assert_ne!(state, 'Z');
+        assert!(start > 0);
+        assert!(alive(std::process::id()));
+        assert!(stat(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn a_recorded_pid_counts_only_with_its_start_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        let me = std::process::id();
+        let (_, start) = stat(me).unwrap();
+        std::fs::write(
+            &pids,
+            format!(
+                "{me} {start} this test\n{me} {} a reused pid\ngarbage\n",
+                start + 1
+            ),
+        )
+        .unwrap();
+        let r = recorded(&pids);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].what, "this test");
+        assert!(r[0].running());
+        assert!(
+            !r[1].running(),
+            "a PID with another start time is someone else's"
+        );
+    }
+}

@@ -187,6 +187,9 @@ async fn ipxe_script(client: &reqwest::Client, url: &str, mac: &Mac) -> Option<S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assigned_run_survives_sigkill_offline_and_reports_through_the_outbox() {
+    // Built first: cargo may wait for the shared build lock, and node.wait's clock must not
+    // run meanwhile.
+    let node_bin = node_agent_bin();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
@@ -318,7 +321,6 @@ async fn assigned_run_survives_sigkill_offline_and_reports_through_the_outbox() 
             .unwrap(),
     );
     let client = reqwest::Client::new();
-    let node_bin = node_agent_bin();
     let root = dir.path().join("machine");
     machine_root(&root, node.serial.as_str(), &mac);
     let node_log = dir.path().join("node-agent.log");

@@ -66,16 +66,22 @@ pub fn lab_params(workflow: &str) -> Result<Vec<String>> {
 }
 
 /// Starts `workflow` (`buildout` or a stage) with the lab parameters on `nodes` (serials;
-/// empty: every node of the lab's site) and returns the rollout id. `extra` goes to
-/// `metalctl rollout create` as is.
+/// empty: every VM of the lab's expected inventory) and returns the rollout id. `extra` goes
+/// to `metalctl rollout create` as is.
 pub fn start(lab: &Lab, workflow: &str, nodes: &[&str], extra: &[&str]) -> Result<u64> {
     let params = lab_params(workflow)?;
-    let site = lab.config().site.clone();
+    // By serial: the lab's racks carry no site the coordinator's selector matches.
+    let all: Vec<&str> = lab
+        .config()
+        .racks
+        .iter()
+        .flat_map(|r| r.vms.iter())
+        .filter(|v| v.in_inventory)
+        .map(|v| v.serial.as_str())
+        .collect();
+    let nodes = if nodes.is_empty() { &all[..] } else { nodes };
     let mut args: Vec<&str> = vec!["rollout", "create", workflow];
     args.extend(params.iter().map(String::as_str));
-    if nodes.is_empty() {
-        args.extend(["--site", &site]);
-    }
     for n in nodes {
         args.extend(["--node", n]);
     }

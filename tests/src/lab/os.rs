@@ -165,3 +165,85 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
             source,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use rack_agent::boot::http::autoinstall::{render_source, NodeContext, StaticIpCtx};
+
+    use super::*;
+
+    fn ctx(static_ips: Vec<StaticIpCtx>) -> NodeContext {
+        NodeContext {
+            serial: "LAB-1".into(),
+            node: "n1".into(),
+            mac: "52:54:00:00:00:01".into(),
+            macs: vec!["52:54:00:00:00:01".into()],
+            static_ips,
+            hostname: "lab-1".into(),
+            agent_url: "http://10.1.0.1:8080".into(),
+            autoinstall_url: "http://10.1.0.1:8080/node/v1/autoinstall/52:54:00:00:00:01".into(),
+        }
+    }
+
+    fn ip(interface: &str, address: &str, gateway: Option<&str>) -> StaticIpCtx {
+        StaticIpCtx {
+            interface: interface.into(),
+            address: address.into(),
+            prefix: 24,
+            gateway: gateway.map(Into::into),
+        }
+    }
+
+    /// What the installer's shell reads from the rendered file (sourced by a real `sh`).
+    fn sourced(text: &str) -> String {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{text}\necho \"IMAGE=$IMAGE AGENT_URL=$AGENT_URL HOSTNAME=$HOSTNAME ADDRESS=${{ADDRESS:-}} GATEWAY=${{GATEWAY:-}}\""
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    #[test]
+    fn the_autoinstall_template_gives_the_installer_the_image_and_the_first_non_bmc_address() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("lab/os")
+            .join(AUTOINSTALL_TEMPLATE);
+        let source = read(&path).unwrap();
+        let with = render_source(
+            AUTOINSTALL_TEMPLATE,
+            &source,
+            &ctx(vec![
+                ip("bmc", "10.1.1.11", None),
+                ip("eno1", "10.1.0.20", Some("10.1.0.1")),
+                ip("eno2", "10.1.0.99", None),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            sourced(&with),
+            "IMAGE=http://10.1.0.1:8080/assets/lab-os/disk.img.gz AGENT_URL=http://10.1.0.1:8080 \
+             HOSTNAME=lab-1 ADDRESS=10.1.0.20/24 GATEWAY=10.1.0.1"
+        );
+        let without = render_source(AUTOINSTALL_TEMPLATE, &source, &ctx(vec![])).unwrap();
+        assert!(
+            sourced(&without).ends_with("ADDRESS= GATEWAY="),
+            "{without}"
+        );
+        let no_gateway = render_source(
+            AUTOINSTALL_TEMPLATE,
+            &source,
+            &ctx(vec![ip("eno1", "10.1.0.20", None)]),
+        )
+        .unwrap();
+        assert!(
+            sourced(&no_gateway).ends_with("ADDRESS=10.1.0.20/24 GATEWAY="),
+            "{no_gateway}"
+        );
+    }
+}

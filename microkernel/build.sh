@@ -45,11 +45,18 @@ tool_versions=$(dpkg-query -W -f '${Package}=${Version}\n' ipmitool lldpd smartm
 hash=$( { cat "$0"; sha256sum "$agent_bin"; echo "$kpkg $kver $drivers"; echo "$tool_versions"; } | sha256sum | cut -c1-16)
 cache_root=${METALFLEET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/metalfleet}
 out=${out:-$cache_root/microkernel-$drivers-$hash}
+# One build of a flavour at a time: two concurrent runs (parallel test processes) would write
+# the same files and leave a corrupt initrd behind a valid hash. The second waits, then finds
+# the first one's result in the cache.
+mkdir -p "$cache_root"
+exec 9>"$cache_root/.microkernel-$drivers.lock"
+flock 9
 # Older builds of the same flavour are superseded.
 for old in "$cache_root"/microkernel-"$drivers"-*; do
     [ -d "$old" ] && [ "$old" != "$out" ] && rm -rf "$old"
 done
-if [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.img" ] && [ -f "$out/.hash" ] && [ "$(cat "$out/.hash")" = "$hash" ]; then
+if [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.img" ] && [ -f "$out/.hash" ] && [ "$(cat "$out/.hash")" = "$hash" ] &&
+    gzip -t "$out/initrd.img" 2>/dev/null; then
     echo "$out"
     exit 0
 fi
@@ -191,6 +198,8 @@ chmod +x "$root/init"
 mkdir -p "$out"
 cp "$work"/k/boot/vmlinuz-* "$out/vmlinuz.tmp"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$out/initrd.img.tmp"
+gzip -t "$out/initrd.img.tmp" || { echo "built initrd fails its gzip check" >&2; exit 1; }
+rm -f "$out/.hash"
 mv "$out/vmlinuz.tmp" "$out/vmlinuz"
 mv "$out/initrd.img.tmp" "$out/initrd.img"
 echo "$hash" >"$out/.hash"

@@ -65,20 +65,62 @@ pub fn lab_params(workflow: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Starts `workflow` (`buildout` or a stage) with the lab parameters on `nodes` (serials;
-/// empty: every VM of the lab's expected inventory) and returns the rollout id. `extra` goes
-/// to `metalctl rollout create` as is.
-pub fn start(lab: &Lab, workflow: &str, nodes: &[&str], extra: &[&str]) -> Result<u64> {
-    let params = lab_params(workflow)?;
-    // By serial: the lab's racks carry no site the coordinator's selector matches.
-    let all: Vec<&str> = lab
-        .config()
+/// How long the VMs may take to PXE-boot the microkernel and be identified.
+pub const DISCOVER_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// The serials of the lab's expected-inventory VMs.
+pub fn inventory_serials(lab: &Lab) -> Vec<String> {
+    lab.config()
         .racks
         .iter()
         .flat_map(|r| r.vms.iter())
         .filter(|v| v.in_inventory)
-        .map(|v| v.serial.as_str())
-        .collect();
+        .map(|v| v.serial.clone())
+        .collect()
+}
+
+/// Nodes exist once a VM checked in and was matched to its inventory record: powers every
+/// inventory VM on through its BMC (the first network boot is the microkernel) and waits
+/// until all are identified. Returns their node ids, in inventory order.
+pub fn discover(lab: &Lab) -> Result<Vec<String>> {
+    let serials = inventory_serials(lab);
+    for r in &lab.config().racks {
+        for v in r.vms.iter().filter(|v| v.in_inventory) {
+            lab.power(&v.name, true)?;
+        }
+    }
+    wait_for(DISCOVER_TIMEOUT, "the lab's VMs to be identified", || {
+        let list = lab.metalctl_json(&["node", "list", "--identified"])?;
+        let nodes = list.as_array().cloned().unwrap_or_default();
+        let ids: Option<Vec<String>> = serials
+            .iter()
+            .map(|s| {
+                nodes
+                    .iter()
+                    .find(|n| n["serial"] == s.as_str())
+                    .and_then(|n| n["id"].as_str().map(str::to_owned))
+            })
+            .collect();
+        if ids.is_none() {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        Ok(ids)
+    })
+}
+
+/// Starts `workflow` (`buildout` or a stage) with the lab parameters on `nodes` (node ids;
+/// empty: every VM of the lab's expected inventory, discovered first) and returns the
+/// rollout id. `extra` goes
+/// to `metalctl rollout create` as is.
+pub fn start(lab: &Lab, workflow: &str, nodes: &[&str], extra: &[&str]) -> Result<u64> {
+    let params = lab_params(workflow)?;
+    // By node id: a rollout selects existing nodes, and a VM becomes one when identified.
+    let all = if nodes.is_empty() {
+        discover(lab)?
+    } else {
+        Vec::new()
+    };
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
     let nodes = if nodes.is_empty() { &all[..] } else { nodes };
     let mut args: Vec<&str> = vec!["rollout", "create", workflow];
     args.extend(params.iter().map(String::as_str));

@@ -64,9 +64,7 @@ pub async fn execute(api: &Api, cmd: &Command, output: Output) -> Result<String,
         Command::Workflow(c) => return super::runs::workflow(api, c, output).await,
         Command::Run(c) => return super::runs::run(api, c, output).await,
         Command::Rollout(c) => return super::runs::rollout(api, c, output).await,
-        Command::Node(NodeCmd::Events(a)) => {
-            return super::runs::node_events(api, a, output).await
-        }
+        Command::Node(NodeCmd::Events(a)) => return super::runs::node_events(api, a, output).await,
         Command::Cluster(c) => cluster(api, c).await?,
         Command::Site(c) => site(api, c).await?,
         Command::Rack(c) => rack(api, c).await?,

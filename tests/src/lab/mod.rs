@@ -22,8 +22,8 @@
 //! deletes the namespaces and the directory. [`Lab::up`] on a directory left by a crash runs
 //! the same teardown first.
 
-mod config;
 pub mod buildout;
+mod config;
 pub mod os;
 mod sys;
 

@@ -47,4 +47,4 @@ for cmd in ansible-playbook ansible-inventory ansible-lint ansible-test ssh ssh-
   command -v "$cmd" >/dev/null || { echo "missing after install: $cmd" >&2; exit 1; }
 done
 [ -x /usr/sbin/sshd ] || { echo "missing after install: /usr/sbin/sshd (openssh-server)" >&2; exit 1; }
-echo "ansible deps: $(ansible-playbook --version | head -n 1), $(ansible-lint --version 2>/dev/null | head -n 1), $(vagrant --version)"
+echo "ansible deps: $(ansible-playbook --version | sed -n 1p), $(ansible-lint --version 2>/dev/null | sed -n 1p), $(vagrant --version)"

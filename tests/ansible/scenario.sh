@@ -14,7 +14,9 @@
 #     answer from at least two of the three (only one is ever down), and afterwards every
 #     running coordinator and agent process runs the v2 binary
 #  5. tests/ansible/fleet.yml drives the API with the collection's modules (site, rack,
-#     project, inventory_import, node; check mode, idempotence), agents check nodes in
+#     project, inventory_import, node, network, workflow, workflow_run, rollout; check mode,
+#     idempotence), agents check nodes in and execute workflow runs and rollouts (boot.set
+#     steps, a failing http.call, a held node.wait paused, resumed and aborted)
 #  6. the inventory plugin lists those nodes grouped by site, rack, project, state and tag
 #
 #   scenario.sh DIR BIN_DIR     BIN_DIR holds coordinator, metalctl and rack-agent
@@ -201,7 +203,7 @@ run_play "$DIR/upgrade2.log" metalfleet.metalfleet.upgrade -e "metalfleet_artifa
 changed=$(recap_changed "$DIR/upgrade2.log" | awk '$2 != 0')
 [ -z "$changed" ] || fail "a second upgrade run changed something: $changed"
 
-step "modules: site, project, inventory_import, node (check mode, idempotence)"
+step "modules: site, project, inventory_import, node, network, workflow, workflow_run, rollout"
 cat >"$DIR/fleet-vars.yml" <<VARS
 lab_api_urls: ["https://$C1_ADDR:7443", "https://$C2_ADDR:7443", "https://$C3_ADDR:7443"]
 lab_token_file: $TOKEN_FILE

@@ -174,7 +174,7 @@ pub struct NodeRow {
     pub u: String,
     /// Chassis serial.
     pub serial: String,
-    /// Addresses: the node's pinned/leased address and its BMC's.
+    /// Addresses: the node's (from the inventory) and its BMC's.
     pub ips: String,
     /// Lifecycle state and the node's run state in the rollout.
     pub state: String,
@@ -196,19 +196,16 @@ pub fn node_rows(lab: &Lab, rollout: Option<&Value>) -> Result<Vec<NodeRow>> {
     let mut rows: Vec<NodeRow> = nodes
         .iter()
         .map(|n| {
-            let mut ips: Vec<String> = Vec::new();
-            for p in ["/facts/lease/ip", "/bmc/address", "/bmc/ip"] {
-                if let Some(ip) = n.pointer(p).and_then(Value::as_str) {
-                    ips.push(ip.to_owned());
-                }
-            }
-            if let Some(a) = n["static_ips"].as_array() {
-                for ip in a.iter().filter_map(|x| x["address"].as_str()) {
-                    if !ips.iter().any(|i| i == ip) {
-                        ips.push(ip.to_owned());
-                    }
-                }
-            }
+            // The node view carries no addresses: the inventory's (which the installed OS
+            // uses) and the BMC's, from the lab config the inventory was made from.
+            let ips = lab
+                .config()
+                .racks
+                .iter()
+                .flat_map(|r| r.vms.iter().map(move |v| (r, v)))
+                .find(|(_, v)| n["serial"] == v.serial.as_str())
+                .map(|(r, v)| format!("{} bmc {}", v.static_ip(r), v.bmc_ip(r)))
+                .unwrap_or_default();
             let run = rollout
                 .and_then(|r| r["progress"]["nodes"].as_array())
                 .and_then(|ns| ns.iter().find(|v| v["node"] == n["id"]))
@@ -217,13 +214,14 @@ pub fn node_rows(lab: &Lab, rollout: Option<&Value>) -> Result<Vec<NodeRow>> {
             let state = if run.is_empty() {
                 s(&n["state"])
             } else {
-                format!("{} (buildout {run})", s(&n["state"]))
+                let workflow = rollout.map(|r| s(&r["workflow"])).unwrap_or_default();
+                format!("{} ({workflow} {run})", s(&n["state"]))
             };
             NodeRow {
                 rack: s(&n["rack"]),
                 u: s(&n["u_position"]),
                 serial: s(&n["serial"]),
-                ips: ips.join(" "),
+                ips,
                 state,
             }
         })

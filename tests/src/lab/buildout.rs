@@ -157,11 +157,12 @@ pub fn wait(
     })
 }
 
-/// Whether a rollout view is in a final state.
+/// Whether a rollout stopped: a final state, or paused (nobody here resumes it; the failure
+/// budget pauses it).
 pub fn ended(v: &Value) -> bool {
     matches!(
         v["state"].as_str(),
-        Some("succeeded" | "failed" | "aborted")
+        Some("succeeded" | "failed" | "aborted" | "paused")
     )
 }
 

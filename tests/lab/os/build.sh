@@ -51,6 +51,11 @@ complete() {
     for f in "${done_files[@]}"; do [ -s "$out/$f" ] || return 1; done
     [ -f "$out/.hash" ] && [ "$(cat "$out/.hash")" = "$hash" ]
 }
+# One build at a time (parallel test processes would write the same files); the second run
+# waits and then finds the first one's result.
+mkdir -p "$cache_root"
+exec 9>"$cache_root/.lab-os.lock"
+flock 9
 if complete; then
     echo "$out"
     exit 0
@@ -377,6 +382,7 @@ dd if="$p2" of="$d" bs=1M seek=$((1 + p1_mib)) conv=notrunc status=none
 cp "$work/vmlinuz" "$out/vmlinuz.tmp"
 cp "$work/initrd.img" "$out/installer.cpio.gz.tmp"
 gzip -1 -c "$d" >"$out/disk.img.gz.tmp"
+rm -f "$out/.hash"
 mv "$out/vmlinuz.tmp" "$out/vmlinuz"
 mv "$out/installer.cpio.gz.tmp" "$out/installer.cpio.gz"
 mv "$out/disk.img.gz.tmp" "$out/disk.img.gz"

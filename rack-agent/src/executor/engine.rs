@@ -369,6 +369,7 @@ async fn run_step(
             step: step.clone(),
             attempt: rec.status.steps[i].attempts,
             attempt_started_at: started,
+            run_started_at: rec.status.started_at.unwrap_or(started),
             deadline: tokio::time::Instant::now() + left,
             resume: attach.take(),
             params: rec.plan.params.clone(),

@@ -88,6 +88,9 @@ pub(crate) struct StepCtx {
     pub attempt: u32,
     /// When the attempt started (unix millis): waits only count what happened after it.
     pub attempt_started_at: i64,
+    /// When the run started (unix millis): identification counts from the run's start, since
+    /// the check-in that carried the serial precedes the step that waits for the match.
+    pub run_started_at: i64,
     /// Deadline of the attempt.
     pub deadline: tokio::time::Instant,
     /// The journal of the attempt interrupted by a restart, when re-attaching.

@@ -90,12 +90,22 @@ fn millis_at(facts: &Value, pointer: &str) -> Option<i64> {
     facts.pointer(pointer).and_then(Value::as_i64)
 }
 
-/// Whether `w` happened at or after `since` (unix millis).
-fn happened(w: &WaitFor, facts: &Value, serial: &str, since: i64) -> Result<bool, StepErr> {
+/// Whether `w` happened at or after `since` (unix millis). Identification counts from
+/// `run_since` instead: the node is identified once a check-in during the run carried the
+/// serial of the node's expected-inventory record (the agent maps the check-in's MAC to the
+/// node only after the coordinator matched the serial), and that check-in is usually what an
+/// earlier `node.wait for: checkin` step saw.
+fn happened(
+    w: &WaitFor,
+    facts: &Value,
+    serial: &str,
+    since: i64,
+    run_since: i64,
+) -> Result<bool, StepErr> {
     Ok(match w {
         WaitFor::Checkin => millis_at(facts, "/metalfleet/checkin_at").is_some_and(|t| t >= since),
         WaitFor::Identified => {
-            millis_at(facts, "/metalfleet/checkin_at").is_some_and(|t| t >= since)
+            millis_at(facts, "/metalfleet/checkin_at").is_some_and(|t| t >= run_since.min(since))
                 && facts.pointer("/system/serial").and_then(Value::as_str) == Some(serial)
         }
         WaitFor::Event(name) => facts
@@ -116,7 +126,7 @@ async fn wait_for(ctx: &StepCtx, w: &WaitFor, since: i64) -> Result<(), StepErr>
     let mut changed = ctx.sh.changed.subscribe();
     loop {
         changed.borrow_and_update();
-        if happened(w, &ctx.facts()?, &serial, since)? {
+        if happened(w, &ctx.facts()?, &serial, since, ctx.run_started_at)? {
             return Ok(());
         }
         if changed.changed().await.is_err() {
@@ -534,12 +544,26 @@ mod tests {
             "metalfleet": {"checkin_at": 100, "events": {"os.installed": 50}},
             "system": {"serial": "SN1"}
         });
-        assert!(happened(&WaitFor::Checkin, &facts, "SN1", 100).unwrap());
-        assert!(!happened(&WaitFor::Checkin, &facts, "SN1", 101).unwrap());
-        assert!(happened(&WaitFor::Identified, &facts, "SN1", 10).unwrap());
-        assert!(!happened(&WaitFor::Identified, &facts, "SN2", 10).unwrap());
+        assert!(happened(&WaitFor::Checkin, &facts, "SN1", 100, 0).unwrap());
+        assert!(!happened(&WaitFor::Checkin, &facts, "SN1", 101, 0).unwrap());
+        assert!(happened(&WaitFor::Identified, &facts, "SN1", 10, 10).unwrap());
+        assert!(!happened(&WaitFor::Identified, &facts, "SN2", 10, 10).unwrap());
         let ev = WaitFor::Event("os.installed".into());
-        assert!(!happened(&ev, &facts, "SN1", 60).unwrap());
-        assert!(happened(&ev, &facts, "SN1", 50).unwrap());
+        assert!(!happened(&ev, &facts, "SN1", 60, 0).unwrap());
+        assert!(happened(&ev, &facts, "SN1", 50, 0).unwrap());
+    }
+
+    #[test]
+    fn identification_counts_the_check_in_an_earlier_step_saw() {
+        let facts = serde_json::json!({
+            "metalfleet": {"checkin_at": 100},
+            "system": {"serial": "SN1"}
+        });
+        // The `identified` step started after the check-in, within the same run.
+        assert!(happened(&WaitFor::Identified, &facts, "SN1", 150, 90).unwrap());
+        // A check-in from before the run (an earlier boot) does not identify.
+        assert!(!happened(&WaitFor::Identified, &facts, "SN1", 150, 120).unwrap());
+        // A check-in with another serial does not either.
+        assert!(!happened(&WaitFor::Identified, &facts, "SN2", 150, 90).unwrap());
     }
 }

@@ -12,6 +12,7 @@ use protocol::workflow::{
     Autoinstall, BmcConfigure, BootSet, CredentialSource, DhcpReserve, LldpCheck, NodeRun,
     NodeTemplate, NodeWait, OsInstall, WaitFor,
 };
+use protocol::Mac;
 
 use super::{parse_output, StepCtx, StepErr, StepOk};
 use crate::executor::DhcpPin;
@@ -360,6 +361,118 @@ pub fn parse_lldp(v: &Value) -> Vec<Value> {
         .collect()
 }
 
+/// One link `lldp.check` expects: a NIC as the inventory (or the step) names it, its MAC when
+/// known, and the switch port it is cabled to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedLink {
+    /// The NIC's name in the inventory (`eno1`): what the installed OS will call it, not
+    /// necessarily what the microkernel does (`eth0`).
+    pub interface: String,
+    /// The NIC's MAC, which identifies it whatever the kernel names it.
+    pub mac: Option<Mac>,
+    /// Switch system name.
+    pub switch: String,
+    /// Switch port id.
+    pub port: String,
+}
+
+/// The node's interfaces as the microkernel's check-in reports them (`facts.nics`:
+/// `[{name, mac, ...}]`): `(name, MAC)`.
+pub fn node_interfaces(facts: &Value) -> Vec<(String, Mac)> {
+    facts["nics"]
+        .as_array()
+        .map(|nics| {
+            nics.iter()
+                .filter_map(|n| {
+                    let name = n["name"].as_str()?.to_owned();
+                    let mac = n["mac"].as_str()?.parse().ok()?;
+                    Some((name, mac))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Adds each neighbour's local MAC (from `interfaces`) to what `parse_lldp` read, so the facts
+/// say which NIC heard it even when the microkernel's names are not the inventory's.
+pub fn with_macs(seen: &[Value], interfaces: &[(String, Mac)]) -> Vec<Value> {
+    seen.iter()
+        .map(|n| {
+            let mut n = n.clone();
+            if let Some((_, mac)) = interfaces
+                .iter()
+                .find(|(name, _)| n["interface"] == name.as_str())
+            {
+                n["mac"] = Value::String(mac.to_string());
+            }
+            n
+        })
+        .collect()
+}
+
+/// Compares the expected links with the neighbours seen (`parse_lldp`'s entries) on the node
+/// whose interfaces are `interfaces`. An expected NIC is found on the node by its MAC (the
+/// microkernel names NICs `eth0`, the inventory as the installed OS will, `eno1`), else by its
+/// name. `Err` lists every difference, naming what was expected and what was seen.
+pub fn check_cabling(
+    expected: &[ExpectedLink],
+    seen: &[Value],
+    interfaces: &[(String, Mac)],
+) -> Result<(), Vec<String>> {
+    let describe = |n: &Value| {
+        format!(
+            "{} {} on {}",
+            n["switch"].as_str().unwrap_or("?"),
+            n["port"].as_str().unwrap_or("?"),
+            n["interface"].as_str().unwrap_or("?")
+        )
+    };
+    let mut wrong = Vec::new();
+    for e in expected {
+        let by_mac = e.mac.and_then(|m| {
+            interfaces
+                .iter()
+                .find(|(_, mac)| *mac == m)
+                .map(|(name, _)| name.as_str())
+        });
+        let local = by_mac.unwrap_or(e.interface.as_str());
+        let label = match (by_mac, e.mac) {
+            (Some(l), Some(m)) if l != e.interface => {
+                format!("{} ({m}, {l} on the node)", e.interface)
+            }
+            (None, Some(m)) => format!("{} ({m} not among the node's NICs)", e.interface),
+            _ => e.interface.clone(),
+        };
+        match seen.iter().find(|n| n["interface"] == local) {
+            Some(n) if n["switch"] == e.switch.as_str() && n["port"] == e.port.as_str() => {}
+            Some(n) => wrong.push(format!(
+                "{label}: expected {} {}, seen {}",
+                e.switch,
+                e.port,
+                describe(n)
+            )),
+            None => {
+                let others: Vec<String> = seen.iter().map(describe).collect();
+                wrong.push(format!(
+                    "{label}: expected {} {}, no neighbour on {local} (seen: {})",
+                    e.switch,
+                    e.port,
+                    if others.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        others.join(", ")
+                    }
+                ));
+            }
+        }
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(wrong)
+    }
+}
+
 /// `lldp.check`: reads the neighbours on the node into `facts.lldp` and compares them with
 /// the expected switch ports (the step's, else the inventory's cabling).
 pub(crate) async fn lldp_check(ctx: &StepCtx, p: &LldpCheck) -> Result<StepOk, StepErr> {
@@ -384,17 +497,36 @@ pub(crate) async fn lldp_check(ctx: &StepCtx, p: &LldpCheck) -> Result<StepOk, S
     }
     let json: Value = serde_json::from_str(r.output.trim())
         .map_err(|e| StepErr::failed(format!("{} did not print JSON: {e}", p.command)))?;
-    let seen = parse_lldp(&json);
+    let interfaces = node_interfaces(&ctx.facts()?);
+    let seen = with_macs(&parse_lldp(&json), &interfaces);
     ctx.put_fact("lldp", Value::Array(seen.clone()), false)?;
-    let expected: Vec<(String, String, String)> = if p.expected.is_empty() {
+    let inventory_mac = |name: &str| {
         node.switch_ports
             .iter()
-            .filter_map(|n| Some((n.name.clone(), n.switch.clone()?, n.port.clone()?)))
+            .find(|n| n.name == name)
+            .and_then(|n| n.mac)
+    };
+    let expected: Vec<ExpectedLink> = if p.expected.is_empty() {
+        node.switch_ports
+            .iter()
+            .filter_map(|n| {
+                Some(ExpectedLink {
+                    interface: n.name.clone(),
+                    mac: n.mac,
+                    switch: n.switch.clone()?,
+                    port: n.port.clone()?,
+                })
+            })
             .collect()
     } else {
         p.expected
             .iter()
-            .map(|e| (e.interface.clone(), e.switch.clone(), e.port.clone()))
+            .map(|e| ExpectedLink {
+                interface: e.interface.clone(),
+                mac: inventory_mac(&e.interface),
+                switch: e.switch.clone(),
+                port: e.port.clone(),
+            })
             .collect()
     };
     if expected.is_empty() {
@@ -402,29 +534,15 @@ pub(crate) async fn lldp_check(ctx: &StepCtx, p: &LldpCheck) -> Result<StepOk, S
             "nothing to check: the step names no neighbours and the inventory has no cabling",
         ));
     }
-    let mut wrong = Vec::new();
-    for (iface, switch, port) in &expected {
-        let found = seen.iter().find(|n| n["interface"] == iface.as_str());
-        match found {
-            Some(n) if n["switch"] == switch.as_str() && n["port"] == port.as_str() => {}
-            Some(n) => wrong.push(format!(
-                "{iface}: expected {switch} {port}, seen {} {}",
-                n["switch"].as_str().unwrap_or("?"),
-                n["port"].as_str().unwrap_or("?")
-            )),
-            None => wrong.push(format!("{iface}: expected {switch} {port}, no neighbour")),
-        }
-    }
-    if wrong.is_empty() {
-        Ok(StepOk::msg(format!(
+    match check_cabling(&expected, &seen, &interfaces) {
+        Ok(()) => Ok(StepOk::msg(format!(
             "{} link(s) cabled as expected",
             expected.len()
-        )))
-    } else {
-        Err(StepErr::failed(format!(
+        ))),
+        Err(wrong) => Err(StepErr::failed(format!(
             "cabling differs: {}",
             wrong.join("; ")
-        )))
+        ))),
     }
 }
 
@@ -536,6 +654,119 @@ mod tests {
             parse_lldp(&v),
             vec![serde_json::json!({"interface":"eth0","switch":"tor1","port":"Ethernet1/12"})]
         );
+    }
+
+    /// What `lldpctl -f json` printed in a microkernel-like node namespace facing the lab's
+    /// switch-side lldpd (trimmed to the fields read).
+    const LAB_LLDPCTL: &str = r#"{"lldp":{"interface":{"eth0":{"via":"LLDP","rid":"1",
+        "chassis":{"lab-r1-tor":{"id":{"type":"mac","value":"12:1e:f5:d9:29:44"}}},
+        "port":{"id":{"type":"local","value":"t1v1n0"},"descr":"t1v1n0","ttl":"20"}}}}}"#;
+
+    fn mac(s: &str) -> Mac {
+        s.parse().unwrap()
+    }
+
+    fn link(interface: &str, m: Option<&str>, switch: &str, port: &str) -> ExpectedLink {
+        ExpectedLink {
+            interface: interface.into(),
+            mac: m.map(mac),
+            switch: switch.into(),
+            port: port.into(),
+        }
+    }
+
+    #[test]
+    fn cabling_matches_by_mac_when_the_microkernel_names_the_nic_otherwise() {
+        let seen = parse_lldp(&serde_json::from_str(LAB_LLDPCTL).unwrap());
+        // As the microkernel's check-in reports NICs (`Inventory.nics`).
+        let facts = serde_json::json!({"nics": [
+            {"name": "eth0", "mac": "52:54:00:01:01:00", "link_up": true, "speed_mbps": null},
+            {"name": "eth1", "mac": "52:54:00:01:01:01", "link_up": false, "speed_mbps": null}
+        ]});
+        let ifs = node_interfaces(&facts);
+        assert_eq!(
+            ifs,
+            vec![
+                ("eth0".to_owned(), mac("52:54:00:01:01:00")),
+                ("eth1".to_owned(), mac("52:54:00:01:01:01"))
+            ]
+        );
+        let expected = [link(
+            "eno1",
+            Some("52:54:00:01:01:00"),
+            "lab-r1-tor",
+            "t1v1n0",
+        )];
+        assert_eq!(check_cabling(&expected, &seen, &ifs), Ok(()));
+        // Matching by name alone (what the check did before) finds nothing on eno1.
+        let by_name = [link("eno1", None, "lab-r1-tor", "t1v1n0")];
+        let err = check_cabling(&by_name, &seen, &ifs).unwrap_err();
+        assert_eq!(
+            err,
+            vec!["eno1: expected lab-r1-tor t1v1n0, no neighbour on eno1 (seen: lab-r1-tor t1v1n0 on eth0)"]
+        );
+        // The facts keep what was seen, with the MAC of the NIC that heard it.
+        assert_eq!(
+            with_macs(&seen, &ifs),
+            vec![
+                serde_json::json!({"interface": "eth0", "switch": "lab-r1-tor",
+                "port": "t1v1n0", "mac": "52:54:00:01:01:00"})
+            ]
+        );
+    }
+
+    #[test]
+    fn cabling_falls_back_to_the_name_and_names_expected_and_seen() {
+        let seen = vec![
+            serde_json::json!({"interface": "eno1", "switch": "tor1", "port": "Ethernet1/12"}),
+            serde_json::json!({"interface": "eth1", "switch": "tor2", "port": "Ethernet1/3"}),
+        ];
+        // No MAC known, or a MAC no NIC of the node has: the name decides.
+        let ifs = vec![("eth1".to_owned(), mac("52:54:00:00:00:02"))];
+        assert_eq!(
+            check_cabling(&[link("eno1", None, "tor1", "Ethernet1/12")], &seen, &ifs),
+            Ok(())
+        );
+        assert_eq!(
+            check_cabling(
+                &[link(
+                    "eno1",
+                    Some("52:54:00:00:00:09"),
+                    "tor1",
+                    "Ethernet1/12"
+                )],
+                &seen,
+                &[]
+            ),
+            Ok(())
+        );
+        // Cabled to another port: both ends of the difference are named.
+        let err = check_cabling(
+            &[
+                link("eno1", None, "tor1", "Ethernet1/12"),
+                link("eno2", Some("52:54:00:00:00:02"), "tor1", "Ethernet1/13"),
+                link("eno3", Some("52:54:00:00:00:03"), "tor1", "Ethernet1/14"),
+            ],
+            &seen,
+            &ifs,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            vec![
+                "eno2 (52:54:00:00:00:02, eth1 on the node): expected tor1 Ethernet1/13, seen tor2 Ethernet1/3 on eth1".to_owned(),
+                "eno3 (52:54:00:00:00:03 not among the node's NICs): expected tor1 Ethernet1/14, no neighbour on eno3 (seen: tor1 Ethernet1/12 on eno1, tor2 Ethernet1/3 on eth1)".to_owned(),
+            ]
+        );
+        // Nothing heard at all.
+        let err =
+            check_cabling(&[link("eno1", None, "tor1", "Ethernet1/12")], &[], &[]).unwrap_err();
+        assert_eq!(
+            err,
+            vec!["eno1: expected tor1 Ethernet1/12, no neighbour on eno1 (seen: nothing)"]
+        );
+        // Check-in facts without NICs (an older node-agent) give no interfaces.
+        assert!(node_interfaces(&serde_json::json!({})).is_empty());
     }
 
     #[test]

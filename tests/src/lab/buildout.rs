@@ -108,22 +108,20 @@ pub fn discover(lab: &Lab) -> Result<Vec<String>> {
     })
 }
 
-/// Starts `workflow` (`buildout` or a stage) with the lab parameters on `nodes` (node ids;
-/// empty: every VM of the lab's expected inventory, discovered first) and returns the
-/// rollout id. `extra` goes
-/// to `metalctl rollout create` as is.
+/// Starts `workflow` (`buildout` or a stage) with the lab parameters and returns the rollout
+/// id. `nodes` (ids or serials) selects those nodes; empty selects by site, as an operator
+/// would (`--site <lab site>`), once every VM of the lab's expected inventory has been
+/// discovered (a rollout selects existing nodes, and a VM becomes one when identified).
+/// `extra` goes to `metalctl rollout create` as is (limits, `--rack`, more `-p`).
 pub fn start(lab: &Lab, workflow: &str, nodes: &[&str], extra: &[&str]) -> Result<u64> {
     let params = lab_params(workflow)?;
-    // By node id: a rollout selects existing nodes, and a VM becomes one when identified.
-    let all = if nodes.is_empty() {
-        discover(lab)?
-    } else {
-        Vec::new()
-    };
-    let all: Vec<&str> = all.iter().map(String::as_str).collect();
-    let nodes = if nodes.is_empty() { &all[..] } else { nodes };
+    let site = lab.config().site.clone();
     let mut args: Vec<&str> = vec!["rollout", "create", workflow];
     args.extend(params.iter().map(String::as_str));
+    if nodes.is_empty() {
+        discover(lab)?;
+        args.extend(["--site", &site]);
+    }
     for n in nodes {
         args.extend(["--node", n]);
     }

@@ -23,6 +23,7 @@
 //! the same teardown first.
 
 pub mod buildout;
+mod chaos;
 mod config;
 pub mod os;
 mod sys;

@@ -25,6 +25,7 @@
 pub mod buildout;
 mod chaos;
 mod config;
+pub mod lldp;
 pub mod os;
 mod sys;
 
@@ -162,6 +163,8 @@ impl Lab {
             ("python3", "python3"),
             ("curl", "curl"),
             ("ethtool", "ethtool"),
+            ("lldpd", "lldpd"),
+            ("lldpcli", "lldpd"),
         ] {
             require(p, pkg)?;
         }
@@ -547,6 +550,7 @@ impl Lab {
         self.namespaces()?;
         self.switches()?;
         self.cabling()?;
+        self.lldp()?;
         let net = started.elapsed();
         self.coordinators()?;
         self.fleet_records()?;

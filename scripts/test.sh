@@ -14,7 +14,7 @@ for pair in curl:curl gcc:build-essential pkg-config:pkg-config \
   tftp:tftp-hpa atftp:atftp cpio:cpio bc:bc qemu-system-x86_64:qemu-system-x86 \
   ip:iproute2 file:file ping:iputils-ping tcpdump:tcpdump ssh:openssh-client \
   ovs-vsctl:openvswitch-switch ipmi_sim:openipmi ipmitool:ipmitool python3:python3 \
-  pip3:python3-pip strip:binutils ethtool:ethtool qemu-img:qemu-utils; do
+  pip3:python3-pip strip:binutils ethtool:ethtool qemu-img:qemu-utils lldpd:lldpd; do
   command -v "${pair%%:*}" >/dev/null || need_apt+=("${pair##*:}")
 done
 [ -x /bin/busybox ] && file -L /bin/busybox | grep -q static || need_apt+=(busybox-static)

@@ -3,7 +3,8 @@
 //! not. Each is powered on through its BMC by the agent's own drivers (`rack-agent bmc` in the
 //! rack's namespace), PXE-boots from the rack agent into the microkernel, checks in with its
 //! hardware inventory and is identified by serial — or, for the stray one, lands in the
-//! discovered pool. Afterwards the lab is torn down and nothing of it may remain.
+//! discovered pool. Each VM's check-in carries its BMC's LAN settings read in-band (a KCS
+//! interface backed by an ipmi_sim), which must name the address the lab gave that BMC. Afterwards the lab is torn down and nothing of it may remain.
 //! `up_over_a_crashed_lab_cleans_it_first` checks that `Lab::up` removes a lab left behind
 //! (with its directory, and by namespace prefix without it) before building.
 //!
@@ -104,6 +105,21 @@ fn checked_in(n: &Value) -> bool {
     n.pointer("/facts/system/serial").is_some()
 }
 
+/// The microkernel read its BMC's LAN settings in-band (`ipmitool lan print 1` over the VM's
+/// KCS interface, answered by the ipmi_sim behind it) and reported them at check-in: the
+/// address is the one the lab gave that VM's BMC, for IPMI and Redfish BMCs alike.
+fn assert_inband_bmc(facts: &Value, rack: &lab::RackConfig, v: &lab::VmConfig) {
+    let bmc = &facts["bmc"];
+    assert_eq!(
+        bmc["ip"],
+        v.bmc_ip(rack).to_string().as_str(),
+        "in-band BMC facts of {}: {facts}",
+        v.name
+    );
+    assert_eq!(bmc["netmask"], "255.255.255.0", "{} {bmc}", v.name);
+    assert_eq!(bmc["source"], "Static Address", "{} {bmc}", v.name);
+}
+
 #[test]
 fn vms_boot_through_their_bmcs_and_are_identified_by_serial() {
     let lab = shared_lab();
@@ -178,6 +194,7 @@ fn vms_boot_through_their_bmcs_and_are_identified_by_serial() {
             nics.iter().any(|x| x["mac"] == mac.as_str()),
             "no NIC {mac} in {nics:?}"
         );
+        assert_inband_bmc(facts, rack, v);
     }
     // The operator's table shows the same: rack, U, identified, MAC.
     let table = lab.metalctl(&["node", "list"]).unwrap();
@@ -211,6 +228,7 @@ fn vms_boot_through_their_bmcs_and_are_identified_by_serial() {
     assert_eq!(n["rack"], rack.name.as_str(), "{n}");
     assert!(n["u_position"].is_null(), "{n}");
     assert_eq!(n["macs"][0], stray.mac(rack, 0).as_str(), "{n}");
+    assert_inband_bmc(&n["facts"], rack, stray);
     for v in &known {
         assert!(
             by_serial(&pool, &v.serial).is_none(),

@@ -28,6 +28,7 @@ The password comes from the VBMC_PASSWORD environment variable (never argv).
 Usage: redfish_bmc.py --port N --cert C --key K [--user admin] [--serial SN]
                       [--power-delay SECS] [--max-sessions N] [--power-hook SCRIPT]
                       [--require-if-match]   (PATCH needs If-Match with the current ETag)
+                      [--lan-ip IP [--lan-netmask MASK]]   (EthernetInterfaces/eth0 reports it)
 """
 
 import argparse
@@ -282,8 +283,7 @@ def route(method, path, body):
         return 200, coll([f"{MGR}/EthernetInterfaces/eth0"]), {}
     if p == f"{MGR}/EthernetInterfaces/eth0":
         return 200, {"@odata.id": p, "Id": "eth0", "MACAddress": "52:54:00:AB:CD:EF",
-                     "IPv4Addresses": [{"Address": "10.20.0.15", "SubnetMask": "255.255.255.0",
-                                        "Gateway": "10.20.0.1", "AddressOrigin": "DHCP"}]}, {}
+                     "IPv4Addresses": [lan_address()]}, {}
     if p == f"{MGR}/VirtualMedia":
         return 200, coll([f"{MGR}/VirtualMedia/Cd"]), {}
     if p == f"{MGR}/VirtualMedia/Cd":
@@ -419,6 +419,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.handle_any("DELETE")
 
 
+def lan_address():
+    """The manager's IPv4 address: --lan-ip (static, no gateway: the lab's BMC VLAN has no
+    router) or the fixed DHCP-style answer the rack agent's own tests expect."""
+    if ARGS.lan_ip:
+        return {"Address": ARGS.lan_ip, "SubnetMask": ARGS.lan_netmask,
+                "Gateway": "0.0.0.0", "AddressOrigin": "Static"}
+    return {"Address": "10.20.0.15", "SubnetMask": "255.255.255.0",
+            "Gateway": "10.20.0.1", "AddressOrigin": "DHCP"}
+
+
 def main():
     global ARGS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -432,6 +442,8 @@ def main():
     ap.add_argument("--max-sessions", type=int, default=4)
     ap.add_argument("--power-hook")
     ap.add_argument("--require-if-match", action="store_true")
+    ap.add_argument("--lan-ip", help="the BMC's own address, reported by EthernetInterfaces/eth0")
+    ap.add_argument("--lan-netmask", default="255.255.255.0")
     ARGS = ap.parse_args()
     srv = http.server.ThreadingHTTPServer((ARGS.listen, ARGS.port), Handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -24,7 +24,7 @@
 //! ```
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -47,6 +47,12 @@ pub const DEFAULT_MEMORY_MB: u32 = 512;
 pub const DEFAULT_DISK_MB: u32 = 2048;
 /// User name of every virtual BMC.
 pub const BMC_USER: &str = "admin";
+/// First port of the VMs' in-band IPMI system interfaces on a rack's host link: the ipmi_sim
+/// of VM `j` listens for its QEMU on `<rack>.host_link_bmc_ip():KCS_PORT_BASE + j`.
+pub const KCS_PORT_BASE: u16 = 9000;
+/// First IPMI-over-LAN port of the Redfish VMs' in-band ipmi_sims, on the loopback of the
+/// rack's BMC namespace (VM `j`: `INBAND_LAN_PORT_BASE + j`); never on the BMC VLAN.
+pub const INBAND_LAN_PORT_BASE: u16 = 6230;
 
 /// A config problem, naming the file and the key.
 #[derive(Debug, thiserror::Error)]
@@ -444,6 +450,17 @@ impl RackConfig {
         Ipv4Addr::new(10, 250, 0, 10 + self.number)
     }
 
+    /// The core namespace's end of the host link (`h<n>`), the wire between the rack's QEMU
+    /// processes and its BMCs that stands in for the servers' internal BMC bus.
+    pub fn host_link_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(169, 254, self.number, 1)
+    }
+
+    /// The BMC namespace's end of the host link (`host`): the in-band IPMI listeners.
+    pub fn host_link_bmc_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(169, 254, self.number, 2)
+    }
+
     /// Provisioning VLAN (access tag of the agent's and the VMs' ports).
     pub fn prov_vlan(&self) -> u16 {
         100 + u16::from(self.number)
@@ -489,6 +506,24 @@ impl VmConfig {
     /// Its BMC's address on the BMC VLAN.
     pub fn bmc_ip(&self, rack: &RackConfig) -> Ipv4Addr {
         Ipv4Addr::new(10, rack.number, 1, 10 + self.index)
+    }
+
+    /// Where its BMC serves its in-band IPMI system interface (QEMU `ipmi-bmc-extern`
+    /// connects here; the guest sees a KCS interface).
+    pub fn kcs_addr(&self, rack: &RackConfig) -> SocketAddrV4 {
+        SocketAddrV4::new(
+            rack.host_link_bmc_ip(),
+            KCS_PORT_BASE + u16::from(self.index),
+        )
+    }
+
+    /// IPMI-over-LAN listener of a Redfish VM's in-band ipmi_sim (loopback of the BMC
+    /// namespace).
+    pub fn inband_lan_addr(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(
+            Ipv4Addr::LOCALHOST,
+            INBAND_LAN_PORT_BASE + u16::from(self.index),
+        )
     }
 
     /// The static address the inventory reserves for its first NIC.

@@ -731,6 +731,18 @@ impl Lab {
             )?;
             self.veth(&bns, "eth0", &core, &format!("v{n}"))?;
             self.access_port(rack, &format!("v{n}"), rack.bmc_vlan())?;
+            // The host link: QEMU (core namespace) reaches its BMC's in-band system interface
+            // here, as a server's host side reaches its BMC over an internal bus.
+            self.veth(&core, &format!("h{n}"), &bns, "host")?;
+            for (ns, ifname, ip) in [
+                (&core, format!("h{n}"), rack.host_link_ip()),
+                (&bns, "host".to_owned(), rack.host_link_bmc_ip()),
+            ] {
+                ns_run(
+                    ns,
+                    &["ip", "addr", "add", &format!("{ip}/24"), "dev", &ifname],
+                )?;
+            }
             for vm in &rack.vms {
                 ns_run(
                     &bns,
@@ -936,6 +948,13 @@ impl Lab {
                 self.console_path(&v.name).display()
             ),
             format!("-drive file={},if=virtio,format=qcow2", disk.display()),
+            // In-band IPMI: a KCS system interface backed by the BMC's ipmi_sim (VM codec).
+            // reconnect: the BMC may start after the VM or restart under it.
+            format!(
+                "-chardev socket,id=ipmi0,host={},port={},reconnect=1 -device ipmi-bmc-extern,chardev=ipmi0,id=bmc0 -device isa-ipmi-kcs,bmc=bmc0",
+                v.kcs_addr(rack).ip(),
+                v.kcs_addr(rack).port()
+            ),
         ];
         // vnet_hdr=off: without the virtio header QEMU offers the guest no checksum offload,
         // so every frame reaching the OVS userspace datapath carries its checksums.
@@ -993,39 +1012,8 @@ impl Lab {
                 let ip = v.bmc_ip(rack).to_string();
                 match v.bmc {
                     BmcKind::Ipmi => {
-                        let lan = d.join("lan.conf");
-                        write(
-                            &lan,
-                            &format!(
-                                "name \"{name}\"\nset_working_mc 0x20\n  startlan 1\n    addr {ip} 623\n    priv_limit admin\n    allowed_auths_callback none md2 md5 straight\n    allowed_auths_user none md2 md5 straight\n    allowed_auths_operator none md2 md5 straight\n    allowed_auths_admin none md2 md5 straight\n    guid a123456789abcdefa123456789ab{idx:02x}{num:02x}\n  endlan\n  chassis_control \"{control}\"\n  user 2 true \"{BMC_USER}\" \"{pw}\" admin 10 none md2 md5 straight\n",
-                                name = v.name,
-                                idx = v.index,
-                                num = rack.number,
-                                pw = v.bmc_password(),
-                            ),
-                        )?;
-                        let emu = d.join("sim.emu");
-                        write(
-                            &emu,
-                            "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nsel_enable 0x20 1000 0x0a\nmc_enable 0x20\n",
-                        )?;
-                        let state = d.join("simstate");
-                        mkdir(&state)?;
-                        self.spawn(
-                            &bns,
-                            &format!("bmc-{}", v.name),
-                            &[
-                                "ipmi_sim",
-                                "-c",
-                                &lan.display().to_string(),
-                                "-f",
-                                &emu.display().to_string(),
-                                "-s",
-                                &state.display().to_string(),
-                                "-n",
-                            ],
-                            &env,
-                        )?;
+                        let listen = std::net::SocketAddrV4::new(v.bmc_ip(rack), 623);
+                        self.ipmi_sim(rack, v, &d, &format!("bmc-{}", v.name), listen, &env)?;
                     }
                     BmcKind::Redfish => {
                         let ca = pki::CertAuthority::generate(&format!("{}-bmc", v.name))
@@ -1062,7 +1050,20 @@ impl Lab {
                                 &v.serial,
                                 "--power-hook",
                                 &control,
+                                "--lan-ip",
+                                &ip,
                             ],
+                            &env,
+                        )?;
+                        // The same server answers IPMI in-band (see `ipmi_sim`).
+                        let inband = d.join("inband");
+                        mkdir(&inband)?;
+                        self.ipmi_sim(
+                            rack,
+                            v,
+                            &inband,
+                            &format!("bmc-{}-inband", v.name),
+                            v.inband_lan_addr(),
                             &env,
                         )?;
                         pins.push((ip, pin));
@@ -1071,6 +1072,83 @@ impl Lab {
             }
         }
         Ok(pins)
+    }
+
+    /// Starts one ipmi_sim for `v` in its rack's BMC namespace, its files in `dir`: IPMI over
+    /// LAN on `listen`; the VM's in-band system interface (QEMU's `ipmi-bmc-extern`, a KCS
+    /// interface in the guest) on the host link; LAN parameters (`lan print`) kept by
+    /// `lan_control.sh` in `<vm>/lan`, starting as the BMC's address on the BMC VLAN;
+    /// `chassis_control.sh` with the VM's chassis state, so in-band and out-of-band power
+    /// requests drive the same QEMU.
+    ///
+    /// IPMI VMs: this is their BMC (`listen` is its address, port 623), so an in-band
+    /// `user set password` changes the login the agent uses. Redfish VMs: this models the
+    /// IPMI side of their BMC, reachable in-band only (`listen` is on the BMC namespace's
+    /// loopback; the Redfish fixture keeps its address).
+    fn ipmi_sim(
+        &self,
+        rack: &RackConfig,
+        v: &VmConfig,
+        dir: &Path,
+        name: &str,
+        listen: std::net::SocketAddrV4,
+        env: &[(&str, String)],
+    ) -> Result<()> {
+        let vbmc = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/vbmc");
+        let control = vbmc.join("chassis_control.sh").display().to_string();
+        let lan_control = vbmc.join("lan_control.sh").display().to_string();
+        let bns = self.config.bmc_ns(rack);
+        let lan_dir = self.vm_dir(rack, v).join("lan");
+        mkdir(&lan_dir)?;
+        let mac = ns_run(&bns, &["cat", "/sys/class/net/eth0/address"])?;
+        // The BMC VLAN is one /24 without a router: no gateway.
+        for (parm, value) in [
+            ("ip_addr", v.bmc_ip(rack).to_string()),
+            ("ip_addr_src", "static".to_owned()),
+            ("subnet_mask", "255.255.255.0".to_owned()),
+            ("mac_addr", mac.trim().to_owned()),
+        ] {
+            write(&lan_dir.join(parm), &format!("{value}\n"))?;
+        }
+        let kcs = v.kcs_addr(rack);
+        let lan = dir.join("lan.conf");
+        write(
+            &lan,
+            &format!(
+                "name \"{name}\"\nset_working_mc 0x20\n  startlan 1\n    addr {lan_ip} {lan_port}\n    priv_limit admin\n    allowed_auths_callback none md2 md5 straight\n    allowed_auths_user none md2 md5 straight\n    allowed_auths_operator none md2 md5 straight\n    allowed_auths_admin none md2 md5 straight\n    guid a123456789abcdefa123456789{kind:02x}{idx:02x}{num:02x}\n    lan_config_program \"{lan_control} {lan_dir}\"\n  endlan\n  serial 15 {kcs_ip} {kcs_port} codec VM\n  chassis_control \"{control}\"\n  user 2 true \"{BMC_USER}\" \"{pw}\" admin 10 none md2 md5 straight\n",
+                lan_ip = listen.ip(),
+                lan_port = listen.port(),
+                kind = if listen.port() == 623 { 0xab } else { 0xac },
+                idx = v.index,
+                num = rack.number,
+                lan_dir = lan_dir.display(),
+                kcs_ip = kcs.ip(),
+                kcs_port = kcs.port(),
+                pw = v.bmc_password(),
+            ),
+        )?;
+        let emu = dir.join("sim.emu");
+        write(
+            &emu,
+            "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nsel_enable 0x20 1000 0x0a\nmc_enable 0x20\n",
+        )?;
+        let state = dir.join("simstate");
+        mkdir(&state)?;
+        self.spawn(
+            &bns,
+            name,
+            &[
+                "ipmi_sim",
+                "-c",
+                &lan.display().to_string(),
+                "-f",
+                &emu.display().to_string(),
+                "-s",
+                &state.display().to_string(),
+                "-n",
+            ],
+            env,
+        )
     }
 
     /// Waits until every BMC answers from its rack's agent namespace (ipmitool / curl: the
@@ -1094,16 +1172,45 @@ impl Lab {
                             c.env("IPMI_PASSWORD", v.bmc_password());
                             output(c).is_ok()
                         }
-                        BmcKind::Redfish => ns_ok(
-                            &rns,
-                            &[
-                                "curl",
-                                "-sfk",
-                                "-m",
-                                "2",
-                                &format!("https://{ip}:{REDFISH_PORT}/redfish/v1/"),
-                            ],
-                        ),
+                        BmcKind::Redfish => {
+                            // And its in-band side, on the BMC namespace's loopback.
+                            let inband = v.inband_lan_addr();
+                            let mut c = ns_cmd(
+                                &self.config.bmc_ns(rack),
+                                &[
+                                    "ipmitool",
+                                    "-I",
+                                    "lanplus",
+                                    "-H",
+                                    &inband.ip().to_string(),
+                                    "-p",
+                                    &inband.port().to_string(),
+                                    "-U",
+                                    BMC_USER,
+                                    "-E",
+                                    "-C",
+                                    "3",
+                                    "-N",
+                                    "1",
+                                    "-R",
+                                    "1",
+                                    "chassis",
+                                    "power",
+                                    "status",
+                                ],
+                            );
+                            c.env("IPMI_PASSWORD", v.bmc_password());
+                            ns_ok(
+                                &rns,
+                                &[
+                                    "curl",
+                                    "-sfk",
+                                    "-m",
+                                    "2",
+                                    &format!("https://{ip}:{REDFISH_PORT}/redfish/v1/"),
+                                ],
+                            ) && output(c).is_ok()
+                        }
                     };
                     Ok(ok.then_some(()))
                 })?;

@@ -33,7 +33,7 @@ ansible-test sanity --python "$PY" --color no "${skip[@]}"
 
 echo "== ansible-doc (documentation of every plugin renders)"
 export ANSIBLE_COLLECTIONS_PATH="$SCRATCH"
-for m in inventory_import network node project rack rollout site workflow workflow_run; do
+for m in inventory_import network node node_nic project rack rollout site workflow workflow_run; do
   out=$(ansible-doc -t module "metalfleet.metalfleet.$m" 2>&1) || { echo "$out"; echo "ansible-doc $m failed"; exit 1; }
   echo "$out" | grep -q "EXAMPLES" || { echo "$out"; echo "ansible-doc $m: no EXAMPLES"; exit 1; }
   echo "$out" | grep -q "RETURN VALUES" || { echo "$out"; echo "ansible-doc $m: no RETURN"; exit 1; }

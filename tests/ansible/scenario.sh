@@ -2,7 +2,9 @@
 # The Ansible end-to-end scenario (driven by tests/tests/ansible.rs, which owns DIR and tears
 # the lab down with `netlab.sh down DIR` whatever happens here):
 #
-#  1. a lab of 5 hosts (network namespaces with sshd): c1..c3 coordinators, r1 r2 rack agents
+#  1. a lab of 5 hosts (network namespaces with sshd): c1..c3 coordinators, r1 r2 rack agents,
+#     and b1, a namespace on the same bridge holding node LAB1R01-000003's BMC (ipmi_sim,
+#     started before step 5 and stopped by PID when this script exits)
 #  2. playbooks/site.yml deploys them from the built binaries (stripped copies in
 #     DIR/artifacts/v1): init, join, add-learner, promote, rack creation, enrollment,
 #     metalfleet-supervise services (no systemd here)
@@ -16,7 +18,9 @@
 #  5. tests/ansible/fleet.yml drives the API with the collection's modules (site, rack,
 #     project, inventory_import, node, network, workflow, workflow_run, rollout; check mode,
 #     idempotence), agents check nodes in and execute workflow runs and rollouts (boot.set
-#     steps, a failing http.call, a held node.wait paused, resumed and aborted)
+#     steps, a failing http.call, a held node.wait paused, resumed and aborted), and the node
+#     module powers LAB1R01-000003 on and off through rack agent r1 and the ipmi_sim BMC
+#     (checked with ipmitool against the BMC itself, not only through the API)
 #  6. the inventory plugin lists those nodes grouped by site, rack, project, state and tag
 #
 #   scenario.sh DIR BIN_DIR     BIN_DIR holds coordinator, metalctl and rack-agent
@@ -33,9 +37,24 @@ for cmd in ansible-playbook ansible-inventory ssh ssh-keygen curl strip; do
   command -v "$cmd" >/dev/null || fail "$cmd not found: run scripts/ansible-deps.sh (ansible-core, openssh-client, curl, binutils)"
 done
 [ -x /usr/sbin/sshd ] || fail "/usr/sbin/sshd not found: apt-get install openssh-server (scripts/ansible-deps.sh)"
+for cmd in ipmi_sim ipmitool; do
+  command -v "$cmd" >/dev/null || fail "$cmd not found: apt-get install openipmi ipmitool (scripts/ansible-deps.sh)"
+done
 
-step "lab: 5 namespaces with sshd"
-"$HERE/netlab.sh" up "$DIR" c1 c2 c3 r1 r2
+# Processes this script starts in the background, stopped by PID whatever happens (netlab.sh
+# down, run by the test afterwards, also kills whatever is left in the namespaces).
+POLLER= BMC_PID=
+cleanup() {
+  local pid
+  for pid in $POLLER $BMC_PID; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+
+step "lab: 5 namespaces with sshd, and b1 for a BMC"
+"$HERE/netlab.sh" up "$DIR" c1 c2 c3 r1 r2 b1
 # shellcheck source=/dev/null
 . "$DIR/lab.env"
 
@@ -102,6 +121,11 @@ all:
               discovery: true
           rack_agent_tftp: {listen: "$R1_ADDR:69"}
           rack_agent_http: {listen: "$R1_ADDR:8080"}
+          # The BMC on b1 is ipmi_sim, which refuses cipher suite 17 (LAB-NOTES "IPMI").
+          rack_agent_bmc:
+            overrides: [{address: "$B1_ADDR", ipmi_cipher_suite: 3, timeout_secs: 5}]
+          # The agent's switch simulator stands in for the top-of-rack switch (node_nic jobs).
+          rack_agent_switches: [{name: lab1-r01-tor, driver: sim, ports: ["1", "2"]}]
         r2:
           ansible_host: $R2_ADDR
           metalfleet_prefix: $(prefix r2)
@@ -174,11 +198,10 @@ poll_cluster() {
 }
 poll_cluster >"$DIR/poll.log" 2>&1 &
 POLLER=$!
-trap 'kill $POLLER 2>/dev/null || true' EXIT
 run_play "$DIR/upgrade.log" metalfleet.metalfleet.upgrade -e "metalfleet_artifacts_dir=$DIR/artifacts/v2"
 touch "$DIR/poll.stop"
 wait "$POLLER"
-trap - EXIT
+POLLER=
 rounds=$(wc -l <"$DIR/poll.log")
 short=$(awk '$2 < 2' "$DIR/poll.log" | wc -l)
 partial=$(awk '$2 == 2' "$DIR/poll.log" | wc -l)
@@ -203,13 +226,68 @@ run_play "$DIR/upgrade2.log" metalfleet.metalfleet.upgrade -e "metalfleet_artifa
 changed=$(recap_changed "$DIR/upgrade2.log" | awk '$2 != 0')
 [ -z "$changed" ] || fail "a second upgrade run changed something: $changed"
 
-step "modules: site, project, inventory_import, node, network, workflow, workflow_run, rollout"
+step "a real BMC for node LAB1R01-000003: ipmi_sim on b1 ($B1_ADDR), powered off"
+# ipmi_sim's chassis_control is the lab's script: without VBMC_QEMU it only records the power
+# in VBMC_STATE_DIR/power (and every call in calls.log).
+BMC_DIR="$DIR/bmc1"
+BMC_PASSWORD="bmc-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+mkdir -p "$BMC_DIR/chassis" "$BMC_DIR/state"
+echo 0 >"$BMC_DIR/chassis/power"
+cat >"$BMC_DIR/lan.conf" <<LAN
+name "bmc1"
+set_working_mc 0x20
+  startlan 1
+    addr $B1_ADDR 623
+    priv_limit admin
+    allowed_auths_callback none md2 md5 straight
+    allowed_auths_user none md2 md5 straight
+    allowed_auths_operator none md2 md5 straight
+    allowed_auths_admin none md2 md5 straight
+    guid a123456789abcdefa123456789ab0301
+  endlan
+  chassis_control "$ROOT/tests/lab/vbmc/chassis_control.sh"
+  user 2 true "admin" "$BMC_PASSWORD" admin 10 none md2 md5 straight
+LAN
+cat >"$BMC_DIR/sim.emu" <<'EMU'
+mc_setbmc 0x20
+mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr
+sel_enable 0x20 1000 0x0a
+mc_enable 0x20
+EMU
+# `ip netns exec` execs ipmi_sim in place: $! is ipmi_sim's PID.
+VBMC_STATE_DIR="$BMC_DIR/chassis" ip netns exec "$B1_NS" ipmi_sim -c "$BMC_DIR/lan.conf" \
+  -f "$BMC_DIR/sim.emu" -s "$BMC_DIR/state" -n </dev/null >"$BMC_DIR/ipmi_sim.log" 2>&1 &
+BMC_PID=$!
+bmc_power() { # "on" | "off", as the BMC itself answers (from this host, over the bridge)
+  ipmitool -I lanplus -C 3 -N 2 -R 1 -H "$B1_ADDR" -U admin -P "$BMC_PASSWORD" chassis power status \
+    | awk '/Chassis Power is/ {print $4}'
+}
+answer=
+for _ in $(seq 100); do
+  kill -0 "$BMC_PID" 2>/dev/null || { cat "$BMC_DIR/ipmi_sim.log"; fail "ipmi_sim exited"; }
+  answer=$(bmc_power 2>/dev/null || true)
+  [ -n "$answer" ] && break
+  sleep 0.2
+done
+[ "$answer" = off ] || { cat "$BMC_DIR/ipmi_sim.log"; fail "the BMC on $B1_ADDR answers '$answer', want off"; }
+echo "ipmi_sim pid $BMC_PID answers: power $answer"
+
+step "modules: site, project, inventory_import, node (power too), network, workflow, workflow_run, rollout"
 cat >"$DIR/fleet-vars.yml" <<VARS
 lab_api_urls: ["https://$C1_ADDR:7443", "https://$C2_ADDR:7443", "https://$C3_ADDR:7443"]
 lab_token_file: $TOKEN_FILE
 lab_ca_cert: $CA
+lab_bmc_address: "$B1_ADDR"
+lab_bmc_password: "$BMC_PASSWORD"
+lab_bmc_power_file: "$BMC_DIR/chassis/power"
 VARS
 run_play "$DIR/fleet.log" "$HERE/fleet.yml" -e "@$DIR/fleet-vars.yml"
+# The power tasks ended with the node off; the BMC's own record says so, and that it was
+# switched on and off again by the rack agent (chassis_control calls).
+[ "$(bmc_power)" = off ] || fail "after fleet.yml the BMC says power $(bmc_power), want off"
+grep -qx "set power 1" "$BMC_DIR/chassis/calls.log" && grep -qx "set power 0" "$BMC_DIR/chassis/calls.log" \
+  || fail "the BMC was not switched on and off: $(tr '\n' ';' <"$BMC_DIR/chassis/calls.log")"
+echo "BMC: powered on and off by rack agent r1 (chassis_control: $(grep -c '^set power' "$BMC_DIR/chassis/calls.log") power changes)"
 
 step "inventory plugin: the nodes the coordinators know"
 cat >"$DIR/lab.metalfleet.yml" <<PLUGIN
@@ -272,5 +350,11 @@ if bad:
     sys.exit(1)
 print('inventory plugin: %d nodes in %d groups' % (len(want['metalfleet']), len([g for g in inv if g != '_meta'])))
 PY
+
+step "the BMC is stopped by PID"
+kill "$BMC_PID"
+wait "$BMC_PID" 2>/dev/null || true
+! kill -0 "$BMC_PID" 2>/dev/null || fail "ipmi_sim $BMC_PID still runs after SIGTERM"
+BMC_PID=
 
 step "done"

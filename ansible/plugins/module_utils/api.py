@@ -15,6 +15,7 @@ __metaclass__ = type
 
 import json
 import os
+import time
 import uuid
 
 from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
@@ -139,6 +140,26 @@ class Client(object):
             if e.status == 404:
                 return None
             raise
+
+
+JOB_FINAL = ('done', 'failed')
+
+
+def wait_job(client, job, timeout, poll_interval=1.0):
+    """Polls ``GET /v1/jobs/{id}`` until the tenancy job (a port or power change, answered
+    ``202`` with the job) is done or failed; returns its last view, which is still open when
+    ``timeout`` seconds passed first (the job goes on: the caller says so)."""
+    deadline = time.time() + timeout
+    while job.get('state') not in JOB_FINAL and time.time() < deadline:
+        time.sleep(poll_interval)
+        job = client.get('/v1/jobs/%s' % seg(job['id']))
+    return job
+
+
+def job_failure(job):
+    """A job's error as the API error shape (``code`` ``job_failed``): the agent's words."""
+    return dict(status=None, code='job_failed', field=None,
+                message=job.get('error') or 'job %s failed' % job.get('id'))
 
 
 def seg(value):

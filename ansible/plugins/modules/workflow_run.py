@@ -2,7 +2,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: Metalfleet developers
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
-"""Ansible module: start a Metalfleet workflow on nodes and optionally wait for the runs."""
+"""Ansible module: start a Metalfleet workflow on nodes and optionally wait for the runs;
+pause, resume or cancel an existing run."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -11,23 +12,40 @@ __metaclass__ = type
 DOCUMENTATION = r'''
 ---
 module: workflow_run
-short_description: Start a Metalfleet workflow on nodes and wait for the runs to end
+short_description: Start a Metalfleet workflow on nodes and wait for the runs, or pause, resume or cancel a run
 description:
-  - Starts one run of a stored workflow template per node (C(POST /v1/runs)); the rack agent
-    of each node's rack executes it.
+  - With O(state=started) (the default), starts one run of a stored workflow template per
+    node (C(POST /v1/runs)); the rack agent of each node's rack executes it.
   - Starting runs always changes something. In check mode the nodes and the template are
     looked up (C(GET /v1/nodes/{id}), C(GET /v1/workflows/{name})) and what would start is
     returned in RV(would_start); nothing starts.
-  - With O(wait=true) the runs are polled (C(GET /v1/runs/{id})) until every one has ended;
-    a run that failed or was cancelled fails the task with its node, the failed step's name
-    and its message.
+  - With O(id) and O(state=paused), O(state=running) or O(state=cancelled), converges an
+    existing run (C(GET /v1/runs/{id})) by its C(control) - C(POST /v1/runs/{id}/pause),
+    C(.../resume), C(.../cancel) only when the run is not already asked to be so. A run that
+    has ended is left alone (changed=false); a run being cancelled cannot be paused or resumed
+    (the task fails, as the API does). Pausing takes effect before the run's next step.
+  - With O(wait=true) the runs are polled (C(GET /v1/runs/{id})) until every one has ended
+    (for O(state=paused), until the run has stopped - paused or ended); a run that failed or
+    was cancelled fails the task with its node, the failed step's name and its message
+    (except with O(state=cancelled), where cancelled is the aim).
 version_added: 0.2.0
 author: Metalfleet developers
 options:
-  workflow:
-    description: Template name.
+  state:
+    description:
+      - C(started) starts runs of O(workflow) on O(nodes); C(paused), C(running) and
+        C(cancelled) need O(id).
     type: str
-    required: true
+    choices: [started, running, paused, cancelled]
+    default: started
+    version_added: 0.3.0
+  id:
+    description: An existing run's id (as returned in RV(runs), e.g. C(812-0)).
+    type: str
+    version_added: 0.3.0
+  workflow:
+    description: Template name (to start runs).
+    type: str
   version:
     description: Template version (default the newest).
     type: int
@@ -36,10 +54,9 @@ options:
     type: dict
     default: {}
   nodes:
-    description: Node ids (UUIDs) or chassis serials; one run each.
+    description: Node ids (UUIDs) or chassis serials; one run each (to start runs).
     type: list
     elements: str
-    required: true
   wait:
     description: Wait until every run has ended.
     type: bool
@@ -58,7 +75,8 @@ attributes:
   check_mode:
     support: full
   diff_mode:
-    support: none
+    support: partial
+    details: With O(id), the run's C(control) and C(state) before and after; none when starting runs.
 '''
 
 EXAMPLES = r'''
@@ -72,14 +90,24 @@ EXAMPLES = r'''
     api_url: https://10.0.0.1:7443
     api_token: "{{ metalfleet_token }}"
     ca_cert: /etc/metalfleet/ca.crt
+  register: discovery
+
+- name: Hold the first run before its next step
+  metalfleet.metalfleet.workflow_run:
+    id: "{{ discovery.runs[0].id }}"
+    state: paused
+    api_url: https://10.0.0.1:7443
+    api_token: "{{ metalfleet_token }}"
+    ca_cert: /etc/metalfleet/ca.crt
 '''
 
 RETURN = r'''
 runs:
   description:
-    - The runs started (as C(GET /v1/runs/{id}) returns them; after O(wait=true), their final
-      state). Each has C(id), C(node), C(rack), C(workflow), C(version), C(control) and
-      C(status) (C(state), C(current), C(steps), C(message)).
+    - The runs started, or the run O(id) (as C(GET /v1/runs/{id}) returns them; after
+      O(wait=true), their final state). Each has C(id), C(node), C(rack), C(workflow),
+      C(version), C(control) (C(run), C(pause), C(cancel)) and C(status) (C(state),
+      C(current), C(steps), C(message)).
   returned: success
   type: list
   elements: dict
@@ -121,23 +149,79 @@ def run_failure(run):
                                            status.get('message') or (step or {}).get('message') or 'no message')
 
 
+# state asked -> (API action, the run's control it is asked in)
+ACTIONS = {
+    'paused': ('pause', 'pause'),
+    'running': ('resume', 'run'),
+    'cancelled': ('cancel', 'cancel'),
+}
+
+
+def run_state(run):
+    return (run.get('status') or {}).get('state')
+
+
+def control_run(module, client):
+    """Converges run O(id) to O(state); exits."""
+    p = module.params
+    path = '/v1/runs/%s' % seg(p['id'])
+    run = client.get(path)
+    before = dict(control=run.get('control'), state=run_state(run))
+    action, control = ACTIONS[p['state']]
+    changed = run_state(run) not in FINAL and run.get('control') != control
+    if changed:
+        if run.get('control') == 'cancel':
+            module.fail_json(msg='run %s is being cancelled: it cannot be %s' % (p['id'], p['state']),
+                             error=dict(status=409, code='invalid_transition', field=None,
+                                        message='run %s is being cancelled' % p['id']), run=run)
+        if module.check_mode:
+            run = dict(run, control=control)
+        else:
+            run = client.request('POST', '%s/%s' % (path, action))
+    if p['wait'] and not module.check_mode:
+        stopped = FINAL + (('paused',) if p['state'] == 'paused' else ())
+        deadline = time.time() + p['wait_timeout']
+        while run_state(run) not in stopped:
+            if time.time() >= deadline:
+                module.fail_json(msg='run %s still %s after %ds' % (p['id'], run_state(run), p['wait_timeout']),
+                                 changed=changed, runs=[run], states={run['id']: run_state(run)})
+            time.sleep(p['poll_interval'])
+            run = client.get(path)
+    after = dict(control=run.get('control'), state=run_state(run))
+    states = {run['id']: run_state(run)}
+    bad = ('failed',) if p['state'] == 'cancelled' else ('failed', 'cancelled')
+    if p['wait'] and not module.check_mode and run_state(run) in bad:
+        module.fail_json(msg=run_failure(run), changed=changed, runs=[run], states=states)
+    module.exit_json(changed=changed, runs=[run], states=states, diff=dict(before=before, after=after))
+
+
 def main():
     spec = dict(
-        workflow=dict(type='str', required=True),
+        state=dict(type='str', choices=['started', 'running', 'paused', 'cancelled'], default='started'),
+        id=dict(type='str'),
+        workflow=dict(type='str'),
         version=dict(type='int'),
         params=dict(type='dict', default={}),
-        nodes=dict(type='list', elements='str', required=True),
+        nodes=dict(type='list', elements='str'),
         wait=dict(type='bool', default=False),
         wait_timeout=dict(type='int', default=600),
         poll_interval=dict(type='float', default=1.0),
     )
     spec.update(API_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True,
+                           required_if=[('state', 'started', ('workflow', 'nodes')),
+                                        ('state', 'running', ('id',)), ('state', 'paused', ('id',)),
+                                        ('state', 'cancelled', ('id',))])
     p = module.params
-    if not p['nodes']:
-        module.fail_json(msg='nodes: at least one node is required')
+    if p['state'] == 'started':
+        if p['id'] is not None:
+            module.fail_json(msg='id: only with state running, paused or cancelled (state started starts new runs)')
+        if not p['nodes']:
+            module.fail_json(msg='nodes: at least one node is required')
     client = Client.from_module(module)
     try:
+        if p['state'] != 'started':
+            control_run(module, client)
         if module.check_mode:
             query = {'version': p['version']} if p['version'] is not None else None
             wf = client.get_or_none('/v1/workflows/%s' % seg(p['workflow']), query=query)

@@ -2,8 +2,8 @@
 # Copyright: Metalfleet developers
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 """Unit tests of the modules' pure logic: the PATCH the node module computes, boot target
-shapes, password masking in the import diff, group names of the inventory plugin, token
-reading. Plain unittest (tests/ansible/sanity.sh runs them with PYTHONPATH at the
+shapes, when the node module asks for power (and how a failed power job fails it), password
+masking in the import diff, group names of the inventory plugin, token reading. Plain unittest (tests/ansible/sanity.sh runs them with PYTHONPATH at the
 ansible_collections root)."""
 
 from __future__ import absolute_import, division, print_function
@@ -77,6 +77,78 @@ class NodePatchTest(unittest.TestCase):
             node.boot_target_body(FakeModule(), {'kind': 'sanboot'})
         self.assertEqual(node.boot_target_body(FakeModule(), {'kind': 'sanboot', 'target': 'iscsi:x'}),
                          {'kind': 'sanboot', 'target': 'iscsi:x'})
+
+
+class FakeClient(object):
+    """Answers GETs from a dict of path -> list of answers (the last one repeats) and
+    records every request."""
+
+    def __init__(self, answers, post=None):
+        self.answers = answers
+        self.post = post
+        self.requests = []
+
+    def get(self, path, query=None):
+        self.requests.append(('GET', path, query))
+        queue = self.answers[path]
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    def request(self, method, path, body=None, query=None):
+        self.requests.append((method, path, body))
+        return self.post
+
+
+def power_module(want, check_mode=False):
+    m = FakeModule(node='SN-1', power_on=want, wait_timeout=5, poll_interval=0.01)
+    m.check_mode = check_mode
+    return m
+
+
+POWERED = dict(NODE, power_on=True)
+JOBS = '/v1/jobs'
+JOB = {'id': 7, 'node': NODE['id'], 'kind': {'power': {'on': False}}, 'state': 'running',
+       'power': {'on': False, 'state': 'pending', 'message': ''}, 'error': None}
+
+
+class NodePowerTest(unittest.TestCase):
+    def test_observed_power_matching_sends_nothing(self):
+        c = FakeClient({JOBS: [[]]})
+        self.assertEqual(node.converge_power(power_module(True), c, POWERED), (False, None, POWERED))
+        self.assertEqual([r[0] for r in c.requests], ['GET'])
+
+    def test_check_mode_reports_the_change_without_a_request(self):
+        c = FakeClient({JOBS: [[]]})
+        changed, job, after = node.converge_power(power_module(False, check_mode=True), c, POWERED)
+        self.assertTrue(changed)
+        self.assertIsNone(job)
+        self.assertIs(after['power_on'], False)
+        self.assertEqual([r[0] for r in c.requests], ['GET'])
+
+    def test_unknown_power_is_a_change_and_the_job_is_waited_for(self):
+        done = dict(JOB, state='done', power=dict(JOB['power'], state='done'))
+        off = dict(NODE, power_on=False)
+        c = FakeClient({JOBS: [[]], '/v1/jobs/7': [done], '/v1/nodes/%s' % NODE['id']: [dict(NODE), off]},
+                       post=JOB)
+        changed, job, after = node.converge_power(power_module(False), c, dict(NODE, power_on=None))
+        self.assertEqual((changed, job['state'], after['power_on']), (True, 'done', False))
+        self.assertIn(('POST', '/v1/nodes/%s/power' % NODE['id'], {'on': False}), c.requests)
+
+    def test_a_failed_job_fails_with_the_agents_message(self):
+        failed = dict(JOB, state='failed', error='power off: the node has no BMC access')
+        c = FakeClient({JOBS: [[]], '/v1/jobs/7': [failed]}, post=JOB)
+        with self.assertRaises(Failed) as e:
+            node.converge_power(power_module(False), c, POWERED)
+        self.assertIn('the node has no BMC access', str(e.exception))
+
+    def test_a_job_under_way_to_the_same_state_is_waited_for_not_repeated(self):
+        done = dict(JOB, state='done')
+        c = FakeClient({JOBS: [[JOB]], '/v1/jobs/7': [done],
+                        '/v1/nodes/%s' % NODE['id']: [dict(NODE, power_on=False)]})
+        changed, job, _ = node.converge_power(power_module(False), c, POWERED)
+        self.assertEqual((changed, job['state']), (False, 'done'))
+        self.assertNotIn('POST', [r[0] for r in c.requests])
+        with self.assertRaises(Failed):
+            node.converge_power(power_module(True), FakeClient({JOBS: [[JOB]]}), POWERED)
 
 
 class ImportDiffTest(unittest.TestCase):

@@ -716,6 +716,128 @@ impl State {
     }
 
     /// Appends to a node's timeline, keeping the newest [`TIMELINE_PER_NODE`].
+    /// The stored versions of `root` and of every template it includes (transitively),
+    /// parsed again (their text was validated when stored).
+    fn workflow_registry(&self, root: &str) -> crate::workflow::TemplateRegistry {
+        let mut reg = crate::workflow::TemplateRegistry::new();
+        let mut todo = vec![root.to_owned()];
+        let mut seen = BTreeSet::new();
+        while let Some(name) = todo.pop() {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let range = (name.clone(), 0)..=(name.clone(), u32::MAX);
+            for w in self.runs.workflows.range(range).map(|(_, w)| w) {
+                if let Ok(t) = crate::workflow::Template::parse(&w.name, &w.source) {
+                    todo.extend(t.includes.iter().map(|i| i.template.clone()));
+                    // Versions are immutable: a second insert of the same text is a no-op.
+                    let _ = reg.insert(t);
+                }
+            }
+        }
+        reg
+    }
+
+    /// Moves the node of run `id` along the `lifecycle:` of the templates whose steps the
+    /// status just entered, completed or failed in (compared with `old`). Only transitions
+    /// the lifecycle allows are made; others are noted in the node's timeline.
+    fn follow_lifecycle(&mut self, id: &str, old: &RunStatus, rev: Revision, at: UnixMillis) {
+        let Some(r) = self.runs.runs.get(id) else {
+            return;
+        };
+        let reg = self.workflow_registry(&r.workflow);
+        let (phases, total) = crate::workflow::phases(&reg, &r.workflow, Some(r.version));
+        // A plan laid out differently (an include changed since) has no reliable phases.
+        if phases.is_empty() || total != r.status.steps.len() || old.steps.len() != total {
+            return;
+        }
+        let new = &r.status;
+        let pending = |st: &RunStatus, i: usize| st.steps[i].state == StepState::Pending;
+        let done = |st: &RunStatus, i: usize| {
+            matches!(st.steps[i].state, StepState::Succeeded | StepState::Skipped)
+        };
+        // (step index, order at that step, tie-break, state, why)
+        let mut moves: Vec<(usize, u8, usize, NodeState, String)> = Vec::new();
+        for p in &phases {
+            let span = p.last - p.first;
+            let entered = |st: &RunStatus| (p.first..=p.last).find(|&i| !pending(st, i));
+            if let (Some(to), None, Some(i)) = (p.lifecycle.running, entered(old), entered(new)) {
+                let why = format!("run {id} entered step {}", new.steps[i].name);
+                // Outer templates first where two start at the same step.
+                moves.push((i, 0, usize::MAX - span, to, why));
+            }
+            if let Some(to) = p.lifecycle.succeeded {
+                if !done(old, p.last) && done(new, p.last) {
+                    let why = format!("run {id} completed step {}", new.steps[p.last].name);
+                    moves.push((p.last, 1, span, to, why));
+                }
+            }
+        }
+        if new.state == RunState::Failed && old.state != RunState::Failed {
+            let at_step = new
+                .steps
+                .iter()
+                .position(|s| s.state == StepState::Failed)
+                .or(new.current);
+            let innermost = at_step.and_then(|i| {
+                phases
+                    .iter()
+                    .filter(|p| p.first <= i && i <= p.last)
+                    .filter_map(|p| Some((p.last - p.first, p.lifecycle.failed?)))
+                    .min_by_key(|(span, _)| *span)
+                    .map(|(_, to)| (i, to))
+            });
+            if let Some((i, to)) = innermost {
+                let why = format!("run {id} failed in step {}", new.steps[i].name);
+                moves.push((i, 2, 0, to, why));
+            }
+        }
+        moves.sort_by_key(|m| (m.0, m.1, m.2));
+        let (node, rack, run) = (r.node, r.rack.clone(), r.id.clone());
+        for (_, _, _, to, why) in moves {
+            let Some(n) = self.nodes.get_mut(&node) else {
+                return;
+            };
+            let from = n.state;
+            if from == to {
+                continue;
+            }
+            let (message, state) = if from.can_become(to) {
+                n.state = to;
+                self.dirty.insert(Key::Node(node));
+                (
+                    format!("node {} → {} ({why})", from.as_str(), to.as_str()),
+                    Some(to.as_str().to_owned()),
+                )
+            } else {
+                (
+                    format!(
+                        "node stays {}: the lifecycle does not allow {} → {} ({why})",
+                        from.as_str(),
+                        from.as_str(),
+                        to.as_str()
+                    ),
+                    None,
+                )
+            };
+            self.timeline_push(
+                node,
+                TimelineEntry {
+                    at,
+                    revision: rev,
+                    rack: Some(rack.clone()),
+                    seq: None,
+                    kind: TimelineKind::Run,
+                    run: Some(run.clone()),
+                    step: None,
+                    attempt: None,
+                    state,
+                    message,
+                },
+            );
+        }
+    }
+
     pub(crate) fn timeline_push(&mut self, node: NodeId, entry: TimelineEntry) {
         let t = self.runs.timelines.entry(node).or_default();
         // Consecutive log batches of one step are one entry: logs must not push the rest out.
@@ -1418,6 +1540,7 @@ impl State {
                 }
                 let (rollout, id) = (r.rollout, r.id.clone());
                 self.dirty_r(RunsKey::Run(id.clone()));
+                self.follow_lifecycle(&id, &old, rev, e.at);
                 if ended {
                     self.touch_rack(rack, rev);
                     if self.runs.active.get(node) == Some(&id) {

@@ -722,3 +722,131 @@ fn workflow_objects_survive_storage_and_index_rebuilds() {
         lab.state.rack_changed(&id("r1"))
     );
 }
+
+const PREP: &str = "apiVersion: metalfleet/v1
+kind: Workflow
+name: prep
+version: 1
+lifecycle: { running: commissioning, succeeded: ready, failed: failed }
+steps:
+  - name: power-on
+    kind: bmc.power
+    with: { action: on }
+  - name: stress
+    kind: node.run
+    with: { command: stress-ng }
+";
+
+const INST: &str = "apiVersion: metalfleet/v1
+kind: Workflow
+name: inst
+version: 1
+lifecycle: { running: deploying, succeeded: deployed, failed: failed }
+steps:
+  - name: install
+    kind: node.run
+    with: { command: install }
+";
+
+const DEPLOY: &str = "apiVersion: metalfleet/v1
+kind: Workflow
+name: deploy
+version: 1
+lifecycle: { running: commissioning }
+include:
+  - template: prep
+  - template: inst
+";
+
+/// Stores `prep` and `deploy`, starts `deploy` on node 2 and reports step `step` (index)
+/// in `state` (earlier steps succeeded).
+fn deploy_run(lab: &mut Lab) -> String {
+    for (name, src) in [("prep", PREP), ("inst", INST), ("deploy", DEPLOY)] {
+        lab.ok(Command::Runs(R::PutWorkflow {
+            name: name.into(),
+            version: 1,
+            description: String::new(),
+            source: src.into(),
+        }));
+    }
+    let mut reg = TemplateRegistry::new();
+    for (name, src) in [("prep", PREP), ("inst", INST), ("deploy", DEPLOY)] {
+        reg.insert(Template::parse(name, src).unwrap()).unwrap();
+    }
+    let plan = reg.expand("deploy", None, &BTreeMap::new()).unwrap();
+    lab.ok(Command::Runs(R::StartRuns {
+        caller: fleet(),
+        plan,
+        nodes: vec![node_id(2)],
+    }));
+    format!("{}-0", lab.rev)
+}
+
+fn node_state(lab: &Lab, n: u128) -> protocol::domain::NodeState {
+    lab.state.nodes[&node_id(n)].state
+}
+
+#[test]
+fn runs_move_the_node_along_the_templates_lifecycles() {
+    use protocol::domain::NodeState as S;
+    let mut lab = Lab::new();
+    let run = deploy_run(&mut lab);
+    assert_eq!(node_state(&lab, 2), S::Discovered);
+    // Entering prep enters deploy too (outer first): commissioning once.
+    lab.report(&run, RunState::Running, 0, StepState::Running);
+    assert_eq!(node_state(&lab, 2), S::Commissioning);
+    let notes = |lab: &Lab| -> Vec<String> {
+        lab.state.runs.timelines[&node_id(2)]
+            .iter()
+            .filter(|e| e.kind == TimelineKind::Run && e.message.starts_with("node"))
+            .map(|e| e.message.clone())
+            .collect()
+    };
+    assert_eq!(notes(&lab).len(), 1, "{:?}", notes(&lab));
+    assert!(notes(&lab)[0].contains("discovered → commissioning (run"));
+    // One status reports prep done and inst entered: ready, then deploying, in step order.
+    lab.report(&run, RunState::Running, 2, StepState::Running);
+    assert_eq!(node_state(&lab, 2), S::Deploying);
+    let n = notes(&lab);
+    assert!(
+        n[1].contains("commissioning → ready") && n[1].contains("prep/stress"),
+        "{n:?}"
+    );
+    assert!(
+        n[2].contains("ready → deploying") && n[2].contains("inst/install"),
+        "{n:?}"
+    );
+    lab.report(&run, RunState::Succeeded, 2, StepState::Succeeded);
+    assert_eq!(node_state(&lab, 2), S::Deployed);
+    // The same statuses again change nothing.
+    lab.report(&run, RunState::Succeeded, 2, StepState::Succeeded);
+    assert_eq!(node_state(&lab, 2), S::Deployed);
+}
+
+#[test]
+fn a_failed_run_marks_the_node_failed_by_the_innermost_template() {
+    use protocol::domain::NodeState as S;
+    let mut lab = Lab::new();
+    let run = deploy_run(&mut lab);
+    lab.report(&run, RunState::Running, 0, StepState::Running);
+    lab.report(&run, RunState::Failed, 1, StepState::Failed);
+    assert_eq!(node_state(&lab, 2), S::Failed);
+    let last = lab.state.runs.timelines[&node_id(2)]
+        .iter()
+        .rev()
+        .find(|e| e.kind == TimelineKind::Run && e.message.starts_with("node"))
+        .unwrap();
+    assert!(
+        last.message.contains("commissioning → failed") && last.message.contains("prep/stress"),
+        "{}",
+        last.message
+    );
+}
+
+#[test]
+fn a_bad_lifecycle_state_names_the_field() {
+    let bad = PREP.replace("succeeded: ready", "succeeded: done");
+    let err = Template::parse("prep", &bad).unwrap_err().to_string();
+    assert!(err.contains("prep/lifecycle.succeeded"), "{err}");
+    assert!(err.contains("unknown node state"), "{err}");
+}

@@ -631,6 +631,58 @@ fn inline(
     }
 }
 
+/// The steps of one template inside an expanded plan (its includes' steps, then its own) and
+/// the lifecycle it declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Phase {
+    /// Index of its first step in the plan.
+    pub first: usize,
+    /// Index of its last step in the plan.
+    pub last: usize,
+    /// What it declares.
+    pub lifecycle: super::Lifecycle,
+}
+
+/// The phases of template `name` that declare a lifecycle, inner ones before the template
+/// that includes them, with step indices as [`expand`] lays the plan out (includes first, in
+/// order, then own steps). Includes that do not resolve are skipped: callers compare the
+/// step count with the plan they hold.
+pub fn phases(reg: &TemplateRegistry, name: &str, version: Option<u32>) -> (Vec<Phase>, usize) {
+    fn walk(
+        reg: &TemplateRegistry,
+        t: &Template,
+        n: &mut usize,
+        stack: &mut Vec<String>,
+        out: &mut Vec<Phase>,
+    ) {
+        let first = *n;
+        for inc in &t.includes {
+            if stack.contains(&inc.template) {
+                continue;
+            }
+            if let Some(child) = reg.get(&inc.template, inc.version) {
+                stack.push(child.name.clone());
+                walk(reg, child, n, stack, out);
+                stack.pop();
+            }
+        }
+        *n += t.steps.len();
+        if !t.lifecycle.is_empty() && *n > first {
+            out.push(Phase {
+                first,
+                last: *n - 1,
+                lifecycle: t.lifecycle.clone(),
+            });
+        }
+    }
+    let mut out = Vec::new();
+    let mut n = 0;
+    if let Some(t) = reg.get(name, version) {
+        walk(reg, t, &mut n, &mut vec![t.name.clone()], &mut out);
+    }
+    (out, n)
+}
+
 /// Expand template `name` (`version`: `None` for the newest) with parameter values into the
 /// plan for one node.
 pub fn expand(

@@ -28,11 +28,11 @@ mod tests;
 
 use std::fmt;
 
-pub use expand::{expand, ExpandError};
+pub use expand::{expand, phases, ExpandError, Phase};
 pub use registry::{load_dir, LoadedDir, RegistryError, TemplateRegistry};
 pub use template::{
-    parse_document, Document, Include, ParamSpec, ParamType, ParamsFile, StepTemplate, Template,
-    TemplateError,
+    parse_document, Document, Include, Lifecycle, ParamSpec, ParamType, ParamsFile, StepTemplate,
+    Template, TemplateError,
 };
 
 /// One thing wrong with a template or an expansion: where (`template/steps[i](name).field`)

@@ -23,12 +23,18 @@
 //! ```
 //!
 //! Included templates run first, in the order listed, then the template's own steps.
+//!
+//! `lifecycle: { running: commissioning, succeeded: ready, failed: failed }` (each optional)
+//! moves the node's lifecycle state when a run enters the template's steps (its includes'
+//! included), completes its last step, or fails inside it; the coordinator applies it, only
+//! along transitions the lifecycle allows (see `state::runs`).
 //! Whatever in a step can be typed is type-checked at load time, substituting each
 //! parameter's default (or a sample of its type when it has none); expansion checks again with
 //! the real values.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use protocol::domain::NodeState;
 use protocol::workflow::{Condition, HumanDuration, OnFailure, StepKind, API_VERSION};
 use serde::Deserialize;
 use serde_json::Value;
@@ -211,8 +217,29 @@ pub struct Template {
     pub includes: Vec<Include>,
     /// Own steps.
     pub steps: Vec<StepTemplate>,
+    /// The node lifecycle states a run of these steps moves the node to.
+    pub lifecycle: Lifecycle,
     /// The YAML text it was parsed from (what a registry stores).
     pub source: String,
+}
+
+/// `lifecycle:` of a template: node states for when a run enters its steps, completes them,
+/// or fails inside them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// When the run starts the template's first step.
+    pub running: Option<NodeState>,
+    /// When the template's last step succeeds (or is skipped).
+    pub succeeded: Option<NodeState>,
+    /// When the run fails in one of the template's steps.
+    pub failed: Option<NodeState>,
+}
+
+impl Lifecycle {
+    /// Whether it moves nothing.
+    pub fn is_empty(&self) -> bool {
+        self.running.is_none() && self.succeeded.is_none() && self.failed.is_none()
+    }
 }
 
 /// A parameter file (`kind: WorkflowParams`): values for a workflow's parameters, e.g. lab-sized
@@ -254,6 +281,16 @@ struct RawTemplate {
     include: Vec<RawInclude>,
     #[serde(default)]
     steps: Vec<RawStep>,
+    #[serde(default)]
+    lifecycle: RawLifecycle,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLifecycle {
+    running: Option<String>,
+    succeeded: Option<String>,
+    failed: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -639,6 +676,22 @@ impl Template {
             });
         }
 
+        let mut state = |field: &str, v: &Option<String>| {
+            let text = v.as_deref()?;
+            match text.parse::<NodeState>() {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    problems.push(Problem::new(format!("{at}/lifecycle.{field}"), e));
+                    None
+                }
+            }
+        };
+        let lifecycle = Lifecycle {
+            running: state("running", &raw.lifecycle.running),
+            succeeded: state("succeeded", &raw.lifecycle.succeeded),
+            failed: state("failed", &raw.lifecycle.failed),
+        };
+
         let template = Template {
             name: raw.name,
             version: raw.version,
@@ -646,6 +699,7 @@ impl Template {
             params,
             includes,
             steps,
+            lifecycle,
             source: text.to_owned(),
         };
         if problems.is_empty() {

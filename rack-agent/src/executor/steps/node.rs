@@ -473,6 +473,41 @@ pub fn check_cabling(
     }
 }
 
+/// Marks where the node's interface list starts in the output of [`LLDP_SCRIPT`].
+pub const NICS_MARKER: &str = "@@metalfleet.nics";
+
+/// What `lldp.check` runs in the microkernel: the step's command (`$1`, its output and exit
+/// code passed on), then the node's interfaces with their MACs from sysfs, so the NICs are
+/// known even when no check-in reached the executor since the node was identified.
+const LLDP_SCRIPT: &str = r#"out=$(sh -c "$1"); rc=$?
+printf '%s\n' "$out"
+[ "$rc" -eq 0 ] || exit "$rc"
+echo '@@metalfleet.nics'
+for i in /sys/class/net/*; do
+  [ -r "$i/address" ] && echo "${i##*/} $(cat "$i/address")"
+done
+exit 0
+"#;
+
+/// Splits [`LLDP_SCRIPT`]'s output into the command's output and the node's interfaces
+/// (`name mac` lines; the loopback's all-zero MAC and unparsable lines are skipped).
+pub fn split_lldp_output(output: &str) -> (&str, Vec<(String, Mac)>) {
+    let (command, nics) = match output.split_once(&format!("\n{NICS_MARKER}\n")) {
+        Some((c, n)) => (c, n),
+        None => (output, ""),
+    };
+    let zero: Mac = Mac([0; 6]);
+    let interfaces = nics
+        .lines()
+        .filter_map(|l| {
+            let (name, mac) = l.trim().split_once(' ')?;
+            let mac: Mac = mac.trim().parse().ok()?;
+            (mac != zero).then(|| (name.to_owned(), mac))
+        })
+        .collect();
+    (command, interfaces)
+}
+
 /// `lldp.check`: reads the neighbours on the node into `facts.lldp` and compares them with
 /// the expected switch ports (the step's, else the inventory's cabling).
 pub(crate) async fn lldp_check(ctx: &StepCtx, p: &LldpCheck) -> Result<StepOk, StepErr> {
@@ -481,7 +516,12 @@ pub(crate) async fn lldp_check(ctx: &StepCtx, p: &LldpCheck) -> Result<StepOk, S
         .node_call(1, |id, secs| NodeAction::Run {
             id,
             command: "sh".into(),
-            args: vec!["-c".into(), p.command.clone()],
+            args: vec![
+                "-c".into(),
+                LLDP_SCRIPT.into(),
+                "lldp-check".into(),
+                p.command.clone(),
+            ],
             timeout_secs: secs,
         })
         .await?
@@ -495,9 +535,15 @@ pub(crate) async fn lldp_check(ctx: &StepCtx, p: &LldpCheck) -> Result<StepOk, S
             lost: false,
         });
     }
-    let json: Value = serde_json::from_str(r.output.trim())
+    let (output, mut interfaces) = split_lldp_output(&r.output);
+    let json: Value = serde_json::from_str(output.trim())
         .map_err(|e| StepErr::failed(format!("{} did not print JSON: {e}", p.command)))?;
-    let interfaces = node_interfaces(&ctx.facts()?);
+    // The check-in's NICs for any the node did not list now.
+    for (name, mac) in node_interfaces(&ctx.facts()?) {
+        if !interfaces.iter().any(|(n, _)| *n == name) {
+            interfaces.push((name, mac));
+        }
+    }
     let seen = with_macs(&parse_lldp(&json), &interfaces);
     ctx.put_fact("lldp", Value::Array(seen.clone()), false)?;
     let inventory_mac = |name: &str| {
@@ -767,6 +813,47 @@ mod tests {
         );
         // Check-in facts without NICs (an older node-agent) give no interfaces.
         assert!(node_interfaces(&serde_json::json!({})).is_empty());
+    }
+
+    fn run_lldp_script(command: &str) -> (i32, String) {
+        let out = std::process::Command::new("sh")
+            .args(["-c", LLDP_SCRIPT, "lldp-check", command])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stdout).unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_node_script_passes_the_command_on_and_lists_the_nics() {
+        // What the step runs in the microkernel, run here with this machine's sysfs.
+        let (code, out) = run_lldp_script(&format!("printf '%s' '{}'", LAB_LLDPCTL));
+        assert_eq!(code, 0, "{out}");
+        let (json, nics) = split_lldp_output(&out);
+        let seen = parse_lldp(&serde_json::from_str(json.trim()).unwrap());
+        assert_eq!(seen[0]["port"], "t1v1n0");
+        let sysfs: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "lo")
+            .collect();
+        assert!(nics.iter().all(|(n, _)| sysfs.contains(n)), "{nics:?}");
+        assert!(!nics.iter().any(|(n, _)| n == "lo"), "{nics:?}");
+        // A failing command keeps its exit code and output, and lists nothing.
+        let (code, out) = run_lldp_script("echo 'unable to connect to lldpd'; exit 3");
+        assert_eq!((code, out.as_str()), (3, "unable to connect to lldpd\n"));
+        assert_eq!(
+            split_lldp_output(&out),
+            ("unable to connect to lldpd\n", vec![])
+        );
+        let listed =
+            format!("{{}}\n{NICS_MARKER}\nlo 00:00:00:00:00:00\neth0 52:54:00:01:01:00\nbogus\n");
+        assert_eq!(
+            split_lldp_output(&listed),
+            ("{}", vec![("eth0".to_owned(), mac("52:54:00:01:01:00"))])
+        );
     }
 
     #[test]

@@ -3,8 +3,11 @@
 # the lab down with `netlab.sh down DIR` whatever happens here):
 #
 #  1. a lab of 5 hosts (network namespaces with sshd): c1..c3 coordinators, r1 r2 rack agents,
-#     and b1, a namespace on the same bridge holding node LAB1R01-000003's BMC (ipmi_sim,
-#     started before step 5 and stopped by PID when this script exits)
+#     and b1, a namespace on the same bridge holding rack r01's devices: its top-of-rack
+#     switch (Open vSwitch, userspace datapath, bridge br0 with port p1 where node
+#     LAB1R01-000001's eno1 is cabled; rack agent r1 drives it over the OVSDB socket) and
+#     node LAB1R01-000003's BMC (ipmi_sim, started before step 5), all stopped by PID when
+#     this script exits
 #  2. playbooks/site.yml deploys them from the built binaries (stripped copies in
 #     DIR/artifacts/v1): init, join, add-learner, promote, rack creation, enrollment,
 #     metalfleet-supervise services (no systemd here)
@@ -16,11 +19,13 @@
 #     answer from at least two of the three (only one is ever down), and afterwards every
 #     running coordinator and agent process runs the v2 binary
 #  5. tests/ansible/fleet.yml drives the API with the collection's modules (site, rack,
-#     project, inventory_import, node, network, workflow, workflow_run, rollout; check mode,
-#     idempotence), agents check nodes in and execute workflow runs and rollouts (boot.set
-#     steps, a failing http.call, a held node.wait paused, resumed and aborted), and the node
-#     module powers LAB1R01-000003 on and off through rack agent r1 and the ipmi_sim BMC
-#     (checked with ipmitool against the BMC itself, not only through the API)
+#     project, inventory_import, node, node_nic, network, workflow, workflow_run, rollout;
+#     check mode, idempotence), agents check nodes in and execute workflow runs and rollouts
+#     (boot.set steps, a failing http.call, a held node.wait paused, resumed and aborted, a
+#     run paused, resumed and cancelled), the node module powers LAB1R01-000003 on and off
+#     through rack agent r1 and the ipmi_sim BMC (read back with ipmitool from the BMC
+#     itself), and node_nic attaches LAB1R01-000001's NIC to a network and detaches it (read
+#     back with ovs-vsctl from the switch itself)
 #  6. the inventory plugin lists those nodes grouped by site, rack, project, state and tag
 #
 #   scenario.sh DIR BIN_DIR     BIN_DIR holds coordinator, metalctl and rack-agent
@@ -37,26 +42,52 @@ for cmd in ansible-playbook ansible-inventory ssh ssh-keygen curl strip; do
   command -v "$cmd" >/dev/null || fail "$cmd not found: run scripts/ansible-deps.sh (ansible-core, openssh-client, curl, binutils)"
 done
 [ -x /usr/sbin/sshd ] || fail "/usr/sbin/sshd not found: apt-get install openssh-server (scripts/ansible-deps.sh)"
-for cmd in ipmi_sim ipmitool; do
-  command -v "$cmd" >/dev/null || fail "$cmd not found: apt-get install openipmi ipmitool (scripts/ansible-deps.sh)"
+for cmd in ipmi_sim:openipmi ipmitool:ipmitool ovsdb-server:openvswitch-switch ovs-vswitchd:openvswitch-switch \
+  ovs-vsctl:openvswitch-switch ovsdb-tool:openvswitch-switch; do
+  command -v "${cmd%%:*}" >/dev/null || fail "${cmd%%:*} not found: apt-get install ${cmd##*:} (scripts/test.sh installs it)"
 done
 
 # Processes this script starts in the background, stopped by PID whatever happens (netlab.sh
 # down, run by the test afterwards, also kills whatever is left in the namespaces).
-POLLER= BMC_PID=
+POLLER= BMC_PID= VSWITCHD_PID= OVSDB_PID=
 cleanup() {
   local pid
-  for pid in $POLLER $BMC_PID; do
+  for pid in $POLLER $BMC_PID $VSWITCHD_PID $OVSDB_PID; do
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
 }
 trap cleanup EXIT
 
-step "lab: 5 namespaces with sshd, and b1 for a BMC"
+step "lab: 5 namespaces with sshd, and b1 for rack r01's switch and a BMC"
 "$HERE/netlab.sh" up "$DIR" c1 c2 c3 r1 r2 b1
 # shellcheck source=/dev/null
 . "$DIR/lab.env"
+
+step "rack r01's switch: Open vSwitch on b1, bridge br0, port p1"
+OVS_DIR="$DIR/ovs1"
+OVS_DB="$OVS_DIR/db.sock"
+mkdir -p "$OVS_DIR"
+ovsdb-tool create "$OVS_DIR/conf.db" /usr/share/openvswitch/vswitch.ovsschema
+export OVS_RUNDIR="$OVS_DIR" OVS_DBDIR="$OVS_DIR" OVS_LOGDIR="$OVS_DIR"
+# `ip netns exec` execs in place: $! is the daemon's PID.
+ip netns exec "$B1_NS" ovsdb-server "--remote=punix:$OVS_DB" "--unixctl=$OVS_DIR/ovsdb-server.ctl" \
+  "--log-file=$OVS_DIR/ovsdb-server.log" --no-chdir "$OVS_DIR/conf.db" </dev/null >/dev/null 2>&1 &
+OVSDB_PID=$!
+for _ in $(seq 100); do [ -S "$OVS_DB" ] && break; sleep 0.1; done
+[ -S "$OVS_DB" ] || { cat "$OVS_DIR/ovsdb-server.log"; fail "ovsdb-server made no socket at $OVS_DB"; }
+vsctl() { ovs-vsctl "--db=unix:$OVS_DB" --timeout=30 "$@"; }
+vsctl --no-wait init
+ip netns exec "$B1_NS" ovs-vswitchd "unix:$OVS_DB" "--unixctl=$OVS_DIR/ovs-vswitchd.ctl" \
+  "--log-file=$OVS_DIR/ovs-vswitchd.log" --no-chdir </dev/null >/dev/null 2>&1 &
+VSWITCHD_PID=$!
+vsctl add-br br0 -- set bridge br0 datapath_type=netdev
+# The "cable" of LAB1R01-000001's eno1: a veth pair whose switch end is port p1.
+ip -n "$B1_NS" link add p1 type veth peer name p1-node
+ip -n "$B1_NS" link set p1 up
+ip -n "$B1_NS" link set p1-node up
+vsctl add-port br0 p1
+echo "ovsdb-server pid $OVSDB_PID, ovs-vswitchd pid $VSWITCHD_PID, br0 ports: $(vsctl list-ports br0 | tr '\n' ' ')"
 
 step "artifacts: v1 = stripped build, v2 = v1 with a trailer (a different binary)"
 mkdir -p "$DIR/artifacts/v1" "$DIR/artifacts/v2"
@@ -124,8 +155,8 @@ all:
           # The BMC on b1 is ipmi_sim, which refuses cipher suite 17 (LAB-NOTES "IPMI").
           rack_agent_bmc:
             overrides: [{address: "$B1_ADDR", ipmi_cipher_suite: 3, timeout_secs: 5}]
-          # The agent's switch simulator stands in for the top-of-rack switch (node_nic jobs).
-          rack_agent_switches: [{name: lab1-r01-tor, driver: sim, ports: ["1", "2"]}]
+          # The rack's switch: Open vSwitch on b1, driven over its OVSDB socket.
+          rack_agent_switches: [{name: lab1-r01-tor, driver: ovs, address: "unix:$OVS_DB", bridge: br0}]
         r2:
           ansible_host: $R2_ADDR
           metalfleet_prefix: $(prefix r2)
@@ -280,6 +311,7 @@ lab_ca_cert: $CA
 lab_bmc_address: "$B1_ADDR"
 lab_bmc_password: "$BMC_PASSWORD"
 lab_bmc_power_file: "$BMC_DIR/chassis/power"
+lab_ovs_db: "$OVS_DB"
 VARS
 run_play "$DIR/fleet.log" "$HERE/fleet.yml" -e "@$DIR/fleet-vars.yml"
 # The power tasks ended with the node off; the BMC's own record says so, and that it was
@@ -351,10 +383,12 @@ if bad:
 print('inventory plugin: %d nodes in %d groups' % (len(want['metalfleet']), len([g for g in inv if g != '_meta'])))
 PY
 
-step "the BMC is stopped by PID"
-kill "$BMC_PID"
-wait "$BMC_PID" 2>/dev/null || true
-! kill -0 "$BMC_PID" 2>/dev/null || fail "ipmi_sim $BMC_PID still runs after SIGTERM"
-BMC_PID=
+step "the BMC and the switch are stopped by PID"
+for pid in $BMC_PID $VSWITCHD_PID $OVSDB_PID; do
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  ! kill -0 "$pid" 2>/dev/null || fail "process $pid still runs after SIGTERM"
+done
+BMC_PID= VSWITCHD_PID= OVSDB_PID=
 
 step "done"

@@ -1,12 +1,14 @@
 //! The Ansible collection (`ansible/`) and the Vagrant lab (`vagrant/`) end to end: the roles
 //! deploy, re-apply and upgrade a 3-coordinator, 2-agent datacenter over real SSH onto hosts
 //! that are network namespaces (`tests/ansible/scenario.sh`), the modules and the inventory
-//! plugin drive the API it serves, `ansible-lint` and `ansible-test sanity` check the
-//! collection, and `vagrant validate` checks the Vagrantfile.
+//! plugin drive the API it serves (one node powered through a real BMC, ipmi_sim), and
+//! `ansible-lint` and `ansible-test sanity` check the collection, and `vagrant validate`
+//! checks the Vagrantfile.
 //!
 //! Needs root (namespaces), and the tools `scripts/ansible-deps.sh` installs: ansible-core,
-//! ansible-lint, openssh-server/-client, vagrant. A missing tool fails the test naming the
-//! package; nothing is skipped silently.
+//! ansible-lint, openssh-server/-client, vagrant; and openipmi + ipmitool (scripts/test.sh
+//! installs them). A missing tool fails the test naming the package; nothing is skipped
+//! silently.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -85,10 +87,13 @@ impl Drop for Lab {
 /// changed=0 on every host; `playbooks/upgrade.yml` to different binaries restarts them one
 /// at a time while `GET /v1/cluster` keeps answering on at least two of the three
 /// coordinators in every poll round, and afterwards every service runs the new binary; the
-/// modules (site, project, inventory_import, node) change things only when needed and not
-/// in check mode; the inventory plugin groups the nodes the agents checked in by site, rack,
-/// project, state, tag and a keyed group on facts. All the checks are in the script; this
-/// test owns the lab's lifetime.
+/// modules (site, project, inventory_import, node, node_nic, network, workflow,
+/// workflow_run, rollout) change things only when needed and not in check mode; `node
+/// power_on` switches an ipmi_sim BMC on and off through rack agent r1 (read back with
+/// ipmitool) and fails with the agent's message for a node without BMC; the inventory plugin
+/// groups the nodes the agents checked in by site, rack, project, state, tag and a keyed
+/// group on facts. All the checks are in the script; this test owns the lab's lifetime
+/// (the script stops its ipmi_sim by PID).
 #[test]
 fn roles_deploy_reapply_upgrade_and_drive_the_api() {
     for (cmd, package) in [
@@ -99,6 +104,8 @@ fn roles_deploy_reapply_upgrade_and_drive_the_api() {
         ("curl", "curl"),
         ("strip", "binutils"),
         ("ip", "iproute2"),
+        ("ipmi_sim", "openipmi"),
+        ("ipmitool", "ipmitool"),
     ] {
         require(cmd, package);
     }

@@ -15,7 +15,7 @@ import tempfile
 import unittest
 
 from ansible_collections.metalfleet.metalfleet.plugins.module_utils import api
-from ansible_collections.metalfleet.metalfleet.plugins.modules import inventory_import, node
+from ansible_collections.metalfleet.metalfleet.plugins.modules import inventory_import, node, node_nic
 
 
 class Failed(Exception):
@@ -149,6 +149,24 @@ class NodePowerTest(unittest.TestCase):
         self.assertNotIn('POST', [r[0] for r in c.requests])
         with self.assertRaises(Failed):
             node.converge_power(power_module(True), FakeClient({JOBS: [[JOB]]}), POWERED)
+
+
+class NodeNicTest(unittest.TestCase):
+    PORTS = [{'nic': 'eno2', 'attachments': {}}, {'nic': 'eno1', 'attachments': {'a': 'access'}}]
+
+    def test_the_nics_port_is_found_by_name(self):
+        self.assertEqual(node_nic.nic_port(self.PORTS, 'eno1')['attachments'], {'a': 'access'})
+        self.assertIsNone(node_nic.nic_port(self.PORTS, 'eno9'))
+        self.assertIsNone(node_nic.nic_port(None, 'eno1'))
+
+    def test_wanted_attachments(self):
+        have = {'a': 'access'}
+        self.assertEqual(node_nic.wanted(have, 'a', 'access', 'present'), have)
+        self.assertEqual(node_nic.wanted(have, 'a', 'trunk', 'present'), {'a': 'trunk'})
+        self.assertEqual(node_nic.wanted(have, 'b', 'trunk', 'present'), {'a': 'access', 'b': 'trunk'})
+        self.assertEqual(node_nic.wanted(have, 'a', 'access', 'absent'), {})
+        self.assertEqual(node_nic.wanted(have, 'b', 'access', 'absent'), have)
+        self.assertEqual(have, {'a': 'access'})
 
 
 class ImportDiffTest(unittest.TestCase):

@@ -245,9 +245,10 @@ def open_power_job(client, node_id):
     return None
 
 
-def converge_power(module, client, node):
+def converge_power(module, client, node, patched=False):
     """(changed, job, node afterwards) for O(power_on): a power job only when the observed
-    power differs, waited for; fails with the agent's message when the job fails."""
+    power differs, waited for; fails with the agent's message when the job fails (saying
+    changed when the node was O(patched) before)."""
     p = module.params
     want = p['power_on']
     node_id = node.get('id')
@@ -258,7 +259,7 @@ def converge_power(module, client, node):
         module.fail_json(msg='node %s has power job %s (power %s) in progress' % (
             p['node'], job['id'], 'on' if job['kind']['power'].get('on') else 'off'),
             error=dict(status=409, code='conflict', field='power_on',
-                       message='power job %s in progress' % job['id']), job=job)
+                       message='power job %s in progress' % job['id']), job=job, changed=patched)
     if job is None:
         if node.get('power_on') == want:
             return False, None, node
@@ -273,10 +274,10 @@ def converge_power(module, client, node):
     if job.get('state') == 'failed':
         module.fail_json(msg='power %s of node %s failed: %s' % (
             'on' if want else 'off', p['node'], job.get('error')),
-            error=job_failure(job), job=job, changed=changed)
+            error=job_failure(job), job=job, changed=changed or patched)
     if job.get('state') != 'done':
         module.fail_json(msg='power job %s of node %s still %s after %ds; follow it with GET /v1/jobs/%s' % (
-            job['id'], p['node'], job.get('state'), p['wait_timeout'], job['id']), job=job, changed=changed)
+            job['id'], p['node'], job.get('state'), p['wait_timeout'], job['id']), job=job, changed=changed or patched)
     # The agent reports the observed power with the job's outcome; the node shows it once
     # that event is applied too.
     node = client.get('/v1/nodes/%s' % seg(node_id))
@@ -341,7 +342,7 @@ def main():
             else:
                 after = client.request('PATCH', '/v1/nodes/%s' % seg(node.get('id', p['node'])), body=patch)
         if p['power_on'] is not None:
-            powered, job, after = converge_power(module, client, after)
+            powered, job, after = converge_power(module, client, after, patched=changed)
             changed = changed or powered
     except MetalfleetError as e:
         module.fail_json(msg=e.message, error=e.as_dict(), changed=changed)

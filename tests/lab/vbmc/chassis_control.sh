@@ -21,8 +21,11 @@ qemu_alive() {
 qemu_start() {
     qemu_alive && return 0
     rm -f "$D/qemu.pid"
+    # Descriptors 3-9 are the caller's (ipmi_sim's LAN socket, its in-band listener and VM
+    # connection): a QEMU that kept them would hold the BMC's ports after the BMC exits.
     # shellcheck disable=SC2086  # VBMC_QEMU is a command line on purpose
-    $VBMC_QEMU -daemonize -pidfile "$D/qemu.pid" >>"$D/qemu.log" 2>&1
+    $VBMC_QEMU -daemonize -pidfile "$D/qemu.pid" >>"$D/qemu.log" 2>&1 \
+        3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-
 }
 
 qemu_stop() {

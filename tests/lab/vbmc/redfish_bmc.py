@@ -28,7 +28,8 @@ The password comes from the VBMC_PASSWORD environment variable (never argv).
 Usage: redfish_bmc.py --port N --cert C --key K [--user admin] [--serial SN]
                       [--power-delay SECS] [--max-sessions N] [--power-hook SCRIPT]
                       [--require-if-match]   (PATCH needs If-Match with the current ETag)
-                      [--lan-ip IP [--lan-netmask MASK]]   (EthernetInterfaces/eth0 reports it)
+                      [--lan-ip IP [--lan-netmask MASK]] [--lan-mac MAC]
+                                             (what EthernetInterfaces/eth0 reports)
 """
 
 import argparse
@@ -282,7 +283,7 @@ def route(method, path, body):
     if p == f"{MGR}/EthernetInterfaces":
         return 200, coll([f"{MGR}/EthernetInterfaces/eth0"]), {}
     if p == f"{MGR}/EthernetInterfaces/eth0":
-        return 200, {"@odata.id": p, "Id": "eth0", "MACAddress": "52:54:00:AB:CD:EF",
+        return 200, {"@odata.id": p, "Id": "eth0", "MACAddress": ARGS.lan_mac,
                      "IPv4Addresses": [lan_address()]}, {}
     if p == f"{MGR}/VirtualMedia":
         return 200, coll([f"{MGR}/VirtualMedia/Cd"]), {}
@@ -444,6 +445,7 @@ def main():
     ap.add_argument("--require-if-match", action="store_true")
     ap.add_argument("--lan-ip", help="the BMC's own address, reported by EthernetInterfaces/eth0")
     ap.add_argument("--lan-netmask", default="255.255.255.0")
+    ap.add_argument("--lan-mac", default="52:54:00:AB:CD:EF")
     ARGS = ap.parse_args()
     srv = http.server.ThreadingHTTPServer((ARGS.listen, ARGS.port), Handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -1052,6 +1052,8 @@ impl Lab {
                                 &control,
                                 "--lan-ip",
                                 &ip,
+                                "--lan-mac",
+                                &bmc_mac(&bns)?,
                             ],
                             &env,
                         )?;
@@ -1100,13 +1102,13 @@ impl Lab {
         let bns = self.config.bmc_ns(rack);
         let lan_dir = self.vm_dir(rack, v).join("lan");
         mkdir(&lan_dir)?;
-        let mac = ns_run(&bns, &["cat", "/sys/class/net/eth0/address"])?;
+        let mac = bmc_mac(&bns)?;
         // The BMC VLAN is one /24 without a router: no gateway.
         for (parm, value) in [
             ("ip_addr", v.bmc_ip(rack).to_string()),
             ("ip_addr_src", "static".to_owned()),
             ("subnet_mask", "255.255.255.0".to_owned()),
-            ("mac_addr", mac.trim().to_owned()),
+            ("mac_addr", mac),
         ] {
             write(&lan_dir.join(parm), &format!("{value}\n"))?;
         }
@@ -1379,6 +1381,13 @@ impl Drop for Lab {
             eprintln!("lab teardown: {e}");
         }
     }
+}
+
+/// The MAC of the BMC namespace's `eth0`, which every BMC of the rack shares.
+fn bmc_mac(bns: &str) -> Result<String> {
+    Ok(ns_run(bns, &["cat", "/sys/class/net/eth0/address"])?
+        .trim()
+        .to_owned())
 }
 
 fn keep() -> bool {

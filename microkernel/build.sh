@@ -186,7 +186,9 @@ echo "metalfleet microkernel: network on ${boot_if:-nothing}"
 until udhcpc -i "$boot_if" -q -f -n -t 10 -T 2 -s /usr/share/udhcpc/default.script; do
     echo "metalfleet microkernel: no DHCP answer yet"; sleep 2
 done
-lldpd -u /run/lldpd/lldpd.socket >/dev/null 2>&1 || echo "metalfleet microkernel: lldpd did not start"
+# The default control socket (/run/lldpd.socket) is where lldpctl, the node-agent and
+# lldp.check look.
+lldpd >/dev/null 2>&1 || echo "metalfleet microkernel: lldpd did not start"
 while true; do
     node-agent
     echo "metalfleet microkernel: node-agent exited ($?); restarting"

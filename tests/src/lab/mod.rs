@@ -11,7 +11,9 @@
 //!   listen; the VMs' persistent taps (OVS access ports on the provisioning VLAN) and QEMU.
 //! * `<prefix>-<rack>`: the rack agent, with `mgmt` (10.250.0.1x), `prov` (10.n.0.1, DHCP,
 //!   TFTP, HTTP with the microkernel) and `bmc` (10.n.1.1).
-//! * `<prefix>-<rack>-bmc`: that rack's virtual BMCs on `eth0` (10.n.1.11, .12, ...).
+//! * `<prefix>-<rack>-bmc`: that rack's virtual BMCs on `eth0` (10.n.1.11, .12, ...), and on
+//!   `host` (169.254.n.2, a veth to `h<n>` in the core namespace) the VMs' in-band IPMI system
+//!   interfaces their QEMU processes connect to (`Lab::ipmi_sim` below).
 //!
 //! # Processes
 //!

@@ -69,10 +69,10 @@ TOML
   METALFLEET_ENROLL_TOKEN=$ENROLL "$BIN/rack-agent" enroll --config "$DEMO/agent-$rack.toml" \
     --api https://127.0.0.1:17441 --ca-cert "$CA"
   "$BIN/rack-agent" run --config "$DEMO/agent-$rack.toml" >"$DEMO/agent-$rack.log" 2>&1 & PIDS+=($!)
-  # Wait for its control socket: a one-shot command run before that would open the store
-  # itself and keep the starting agent out.
+  # Wait for its control socket (data_dir/agent.sock) before any one-shot command: run
+  # earlier, `rack-agent status` would open the store itself and keep the starting agent out.
   for _ in $(seq 100); do
-    "$BIN/rack-agent" status --config "$DEMO/agent-$rack.toml" -o json 2>/dev/null | grep -q '"agent_running": true' && break
+    [ -S "$DEMO/agent-$rack/agent.sock" ] && break
     sleep 0.1
   done
 done

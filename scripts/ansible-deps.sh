@@ -2,7 +2,8 @@
 # Installs what the Ansible collection's tests need when it is missing: ansible-core and
 # ansible-lint (pip, into the Python that runs them), OpenSSH server and client (the test
 # hosts are network namespaces each running its own sshd), and Vagrant (apt; brings
-# vagrant-libvirt) for `vagrant validate`. Idempotent; prints what it installed.
+# vagrant-libvirt) for `vagrant validate`, and the scenario's real BMC and switch (openipmi,
+# ipmitool, Open vSwitch). Idempotent; prints what it installed.
 set -euo pipefail
 
 apt_install() {
@@ -26,6 +27,10 @@ command -v vagrant >/dev/null || need_apt+=(vagrant)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v strip >/dev/null || need_apt+=(binutils)
+# The scenario's real BMC and switch for the node power and NIC modules.
+command -v ipmi_sim >/dev/null || need_apt+=(openipmi)
+command -v ipmitool >/dev/null || need_apt+=(ipmitool)
+command -v ovs-vsctl >/dev/null || need_apt+=(openvswitch-switch)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== apt: installing ${need_apt[*]}"
   apt-get update -qq || true

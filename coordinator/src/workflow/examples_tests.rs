@@ -170,7 +170,7 @@ fn buildout_with_lab_params_expands_to_the_full_step_list() {
     assert_eq!(secs("discovery/checkin"), 300);
     assert_eq!(secs("discovery/identified"), 120);
     assert_eq!(secs("testing/rediscover"), 300);
-    assert_eq!(secs("testing/cpu-stress"), 5);
+    assert_eq!(secs("testing/cpu-stress"), 180);
     assert_eq!(secs("testing/drive-stress"), 180);
     assert_eq!(secs("install/install"), 900);
     assert_eq!(secs("install/post-install"), 300);

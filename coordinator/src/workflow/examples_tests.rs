@@ -118,6 +118,7 @@ fn buildout_with_lab_params_expands_to_the_full_step_list() {
             "testing/bios-racadm",
             "testing/bios-applied",
             "testing/drive-stress",
+            "testing/drive-stress-dd",
             "testing/raid-redfish",
             "testing/raid-perccli",
             "install/install",
@@ -153,6 +154,7 @@ fn buildout_with_lab_params_expands_to_the_full_step_list() {
             "redfish.bios",
             "node.run",
             "node.wait",
+            "node.run",
             "node.run",
             "redfish.raid",
             "node.run",
@@ -236,7 +238,8 @@ fn buildout_with_lab_params_expands_to_the_full_step_list() {
         ("testing/bios-applied", false),
         ("testing/raid-redfish", false),
         ("testing/raid-perccli", false),
-        ("testing/drive-stress", true),
+        ("testing/drive-stress", false),
+        ("testing/drive-stress-dd", true),
     ] {
         assert_eq!(runs(&plan, name, &dell), want, "{name}");
     }
@@ -279,7 +282,7 @@ fn buildout_with_production_defaults_and_vendor_tools() {
         .registry
         .expand("buildout", None, &BTreeMap::new())
         .unwrap();
-    assert_eq!(plan.steps.len(), 30);
+    assert_eq!(plan.steps.len(), 31);
     let drive = step(&plan, "testing/drive-stress");
     assert_eq!(drive.timeout, "74h".parse().unwrap());
     assert!(script(&plan, "testing/drive-stress").contains("--runtime=259200 "));

@@ -6,9 +6,7 @@
 //! 1. the whole buildout over the site succeeds, and afterwards every VM runs the lab OS from
 //!    its own disk (root on /dev/vda2, written by the install step), answers SSH with the lab
 //!    key on the address the installer gave it, and carries what the Ansible post-install
-//!    created (the marker file, the `ops` user, the sshd drop-in) — ignored while the
-//!    buildout stops at `testing/cpu-stress`; the `install` stage alone on every VM checks
-//!    the same outcome meanwhile;
+//!    created (the marker file, the `ops` user, the sshd drop-in);
 //! 2. one rack's agent is SIGKILLed while its nodes' installers boot (inside `os.install`,
 //!    which is not idempotent and is re-attached, never re-run) and started again: the
 //!    rollout succeeds, no step ran twice (an attempt beyond a step's first is a retry the
@@ -505,26 +503,11 @@ fn roll_out_and_check(workflow: &str) {
     }
 }
 
-/// The OS-install stage alone (install, boot from disk, Ansible post-install, final reboot)
-/// on every VM: the lab OS path without discovery and testing in front of it. Drop it once
-/// the whole buildout below runs (it covers this stage on every VM).
-#[test]
-fn install_stage_boots_every_vm_from_its_own_disk_with_the_post_install() {
-    roll_out_and_check("install");
-}
-
 /// Issue 6: "The buildout on 2 racks × 2 VMs completes; every VM ends booted from its own
 /// disk, reachable over SSH, with the Ansible post-install applied." The whole buildout
 /// (discovery, testing and configuration, OS install) over the site, as an operator starts
-/// it.
-/// Ignored: measured on 2026-11-21 with in-band IPMI and LLDP in the lab, discovery and
-/// `testing/lldp-check` pass and every node fails at `testing/cpu-stress`:
-/// `examples/workflows/testing.yaml` gives that step `timeout: "{{ cpu_stress }}"`, the
-/// stress run's own duration, so the node-agent kills stress-ng before it ends (exit 124,
-/// "killed after 4s timeout" with the lab's 5 s) — with production values too.
-/// `cargo test -p metalfleet-tests --test lab_buildout -- --ignored` shows where it stops.
+/// it. It covers the `install` stage on every VM too, so that stage has no test of its own.
 #[test]
-#[ignore = "stops at testing/cpu-stress: its timeout in examples/workflows/testing.yaml equals the stress duration"]
 fn buildout_completes_and_every_vm_boots_its_own_disk_with_the_post_install() {
     roll_out_and_check("buildout");
 }

@@ -30,14 +30,24 @@ pub fn prepare(lab: &Lab) -> Result<LabOs> {
     Ok(os)
 }
 
-/// `metalctl workflow put` for every template; a version already stored is fine.
+/// `metalctl workflow put` for every template. The same text stored again is a no-op; a
+/// version already stored with other text (a lab kept running while `examples/workflows/`
+/// changed) is an error, rather than a rollout of the stale template.
 pub fn put_workflows(lab: &Lab) -> Result<()> {
     let dir = workflows_dir();
     for name in WORKFLOWS {
         let file = dir.join(format!("{name}.yaml")).display().to_string();
         match lab.metalctl(&["workflow", "put", &file]) {
             Ok(_) => {}
-            Err(e) if e.to_string().contains("already") => {}
+            Err(e)
+                if e.to_string()
+                    .contains("already stored with different content") =>
+            {
+                return Err(LabError::Other(format!(
+                    "{file} differs from the version the running lab stores ({e}); tear the lab \
+                     down (scripts/lab.sh down) or publish the change as a new version"
+                )))
+            }
             Err(e) => return Err(e),
         }
     }

@@ -529,12 +529,33 @@ fn ansible(lab: &Lab, name: &str, idempotent: bool) -> Step {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_crash_mid_step_reruns_fails_or_reattaches() {
-    let mut lab = Lab::new(vec![rack_node(5), rack_node(6), rack_node(7)]);
+    let mut lab = Lab::new(vec![rack_node(5), rack_node(6), rack_node(7), rack_node(8)]);
     write(&lab.path("playbooks/count.yml"), PLAYBOOK);
     let ex = lab.start().await;
     lab.boot_machine(2);
     lab.checked_in(&ex, 2).await;
-    let (n5, n6, n7) = (lab.nodes[0].id, lab.nodes[1].id, lab.nodes[2].id);
+    let (n5, n6, n7, n8) = (
+        lab.nodes[0].id,
+        lab.nodes[1].id,
+        lab.nodes[2].id,
+        lab.nodes[3].id,
+    );
+    // Node 8: a wait, which goes on as the same attempt after the restart.
+    ex.submit(
+        "wait",
+        n8,
+        plan(vec![step(
+            "wait",
+            StepKind::NodeWait(NodeWait {
+                wait_for: WaitFor::Event("released".into()),
+            }),
+        )]),
+    )
+    .unwrap();
+    lab.wait_run(&ex, "wait", "the wait started", |s| {
+        s.steps[0].state == StepState::Running
+    })
+    .await;
 
     // Node 5: an idempotent playbook; node 6: the same, not idempotent (the default for
     // ansible.run); node 7: a long command on the node that reports progress.
@@ -634,6 +655,14 @@ async fn agent_crash_mid_step_reruns_fails_or_reattaches() {
         .await;
     lab.log_contains(&ex, "long", "stress", "progress: 100%")
         .await;
+
+    // The wait resumed as the same attempt and ends with the event.
+    lab.log_contains(&ex, "wait", "wait", "resuming the wait")
+        .await;
+    ex.report_event(n8, "released").unwrap();
+    let wait = lab.finished(&ex, "wait").await;
+    assert_eq!(wait.state, RunState::Succeeded, "{wait:#?}");
+    assert_eq!(wait.steps[0].attempts, 1);
 
     // Not run twice.
     assert_eq!(count_lines(&lab.path("count-once")), 1);

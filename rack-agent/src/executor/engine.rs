@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use protocol::workflow::{OnFailure, RunState, StepState};
+use protocol::workflow::{OnFailure, RunState, StepKind, StepState};
 
 use super::journal::{Control, RunRecord, StepJournal};
 use super::steps::{self, StepCtx, StepErr};
@@ -243,6 +243,7 @@ async fn run_step(
     // retry from the budget.
     let mut attach: Option<StepJournal> = None;
     let mut rerun = false;
+    let mut resume_wait = false;
     if st.state == StepState::Running {
         if let Some(until) = j.backoff_until {
             match wait_backoff(until, ctl).await {
@@ -264,6 +265,20 @@ async fn run_step(
                 ),
             );
             attach = Some(j);
+        } else if matches!(step.kind, StepKind::NodeWait(_)) && j.attempt_started_at.is_some() {
+            // A wait goes on as the same attempt: what happened since it started still
+            // counts, and its timeout still runs from that start.
+            note(
+                sh,
+                run_id,
+                i,
+                format!(
+                    "agent restarted during attempt {}: resuming the wait",
+                    st.attempts
+                ),
+            );
+            rerun = true;
+            resume_wait = true;
         } else if step.idempotent {
             note(
                 sh,
@@ -335,7 +350,9 @@ async fn run_step(
                 update(sh, run_id, |r| {
                     let s = &mut r.status.steps[i];
                     s.state = StepState::Running;
-                    s.attempts += 1;
+                    if !resume_wait {
+                        s.attempts += 1;
+                    }
                     s.started_at.get_or_insert(now);
                     s.finished_at = None;
                     s.exit_code = None;
@@ -345,7 +362,9 @@ async fn run_step(
                     if !rerun {
                         j.entry_attempts += 1;
                     }
-                    j.attempt_started_at = Some(now);
+                    if !resume_wait || j.attempt_started_at.is_none() {
+                        j.attempt_started_at = Some(now);
+                    }
                     j.action = None;
                     j.phase = None;
                     j.phase_at = None;
@@ -354,6 +373,7 @@ async fn run_step(
             }
         };
         rerun = false;
+        resume_wait = false;
         let started = rec.journal[i]
             .attempt_started_at
             .unwrap_or_else(crate::unix_millis);

@@ -442,15 +442,26 @@ pub fn nic_port(state: &State, node: &Node, nic: &str) -> Result<PortKey, Refusa
             ),
         ));
     };
-    let from_inventory = state.inventory.get(&node.serial).and_then(|r| {
-        r.nics
-            .iter()
-            .find(|n| n.name == nic)
-            .and_then(|n| Some((n.switch.clone()?, n.port.clone()?)))
-    });
+    let expected = state
+        .inventory
+        .get(&node.serial)
+        .and_then(|r| r.nics.iter().find(|n| n.name == nic));
+    let from_inventory = expected.and_then(|n| Some((n.switch.clone()?, n.port.clone()?)));
+    // The OS names NICs (`eno1`) as the inventory does; the microkernel that heard LLDP may
+    // not (`eth0`): its interfaces with the NIC's MAC count as the NIC too.
+    let mac = expected.and_then(|n| n.mac).map(|m| m.to_string());
+    let mut local = vec![nic.to_owned()];
+    if let (Some(mac), Some(nics)) = (&mac, node.facts.0.get("nics").and_then(|v| v.as_array())) {
+        local.extend(
+            nics.iter()
+                .filter(|n| n.get("mac").and_then(|m| m.as_str()) == Some(mac.as_str()))
+                .filter_map(|n| n.get("name")?.as_str().map(str::to_owned)),
+        );
+    }
     let from_lldp = || {
         node.facts.0.get("lldp")?.as_array()?.iter().find_map(|n| {
-            if n.get("interface")?.as_str()? != nic {
+            let heard_on = n.get("interface")?.as_str()?;
+            if !local.iter().any(|l| l == heard_on) {
                 return None;
             }
             let switch = n.get("switch")?.as_str()?.to_owned();

@@ -762,6 +762,35 @@ fn nic_ports_come_from_inventory_or_lldp() {
 }
 
 #[test]
+fn an_lldp_neighbour_heard_under_another_interface_name_counts_by_mac() {
+    let mut lab = Lab::new();
+    // S2's inventory knows eno3 by MAC but not its cabling; the microkernel heard the
+    // switch on eth2, the interface with that MAC.
+    let mut record = lab.state.inventory[&id::<protocol::Serial>("S2")].clone();
+    record.nics.push(ExpectedNic {
+        name: "eno3".into(),
+        mac: Some("52:54:00:00:02:03".parse().unwrap()),
+        switch: None,
+        port: None,
+    });
+    lab.ok(Command::ImportInventory(vec![ImportItem { record }]));
+    lab.ok(Command::PatchNode {
+        id: node_id(2),
+        patch: NodePatch {
+            facts: Some(JsonValue(json!({
+                "nics": [{"name": "eth2", "mac": "52:54:00:00:02:03"}],
+                "lldp": [{"interface": "eth2", "switch": "tor1", "port": "p23"}]
+            }))),
+            ..NodePatch::default()
+        },
+    });
+    lab.allocate(2, "a");
+    lab.network("n1", "a");
+    let job = lab.attach(member("a"), 2, spec("eno3", "n1", AttachMode::Access));
+    assert_eq!(lab.job(job).ports[0].port, "p23");
+}
+
+#[test]
 fn provisioning_and_bmc_networks_never_meet_tenant_networks() {
     let mut lab = Lab::new();
     lab.allocate(1, "a");

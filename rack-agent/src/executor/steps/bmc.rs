@@ -39,6 +39,9 @@ fn node_bmc(ctx: &StepCtx) -> Result<Arc<dyn Bmc>, StepErr> {
     connect(ctx, &access(ctx)?)
 }
 
+/// How long `bmc.power` waits for the BMC to show the state its action leads to.
+const POWER_SETTLE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// `bmc.power`.
 pub(crate) async fn power(ctx: &StepCtx, p: &BmcPower) -> Result<StepOk, StepErr> {
     let b = node_bmc(ctx)?;
@@ -50,7 +53,22 @@ pub(crate) async fn power(ctx: &StepCtx, p: &BmcPower) -> Result<StepOk, StepErr
         PowerAction::Soft => bmc::PowerAction::SoftOff,
     };
     b.power(action).await.map_err(|e| bmc_err(&e))?;
-    let state = b.power_status().await.map_err(|e| bmc_err(&e))?;
+    // BMCs apply power changes a moment later (a cycle reads Off right after it was
+    // accepted): the fact records the state the action leads to once the BMC shows it, or
+    // what it shows after a bounded wait.
+    let want = if p.action == PowerAction::Off || p.action == PowerAction::Soft {
+        PowerState::Off
+    } else {
+        PowerState::On
+    };
+    let settle = (tokio::time::Instant::now() + POWER_SETTLE).min(ctx.deadline);
+    let state = loop {
+        let state = b.power_status().await.map_err(|e| bmc_err(&e))?;
+        if state == want || tokio::time::Instant::now() >= settle {
+            break state;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
     ctx.put_fact("power", serde_json::json!(state == PowerState::On), false)?;
     Ok(StepOk::msg(format!(
         "power {:?} done, power is {state:?}",

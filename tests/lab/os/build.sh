@@ -183,7 +183,12 @@ until wget -q -O /run/autoinstall "$url"; do say "fetching $url failed, retrying
 . /run/autoinstall
 [ -n "${IMAGE:-}" ] || fail "the autoinstall file sets no IMAGE"
 say "writing $IMAGE to /dev/vda"
-wget -q -O - "$IMAGE" | gunzip -c >/dev/vda || fail "writing the image"
+# The rack agent may be restarting (an upgrade, a crash): retry a failed download.
+n=0
+until wget -q -O - "$IMAGE" | gunzip -c >/dev/vda; do
+    n=$((n + 1)); [ $n -ge 20 ] && fail "writing the image"
+    say "downloading the image failed (attempt $n), retrying"; sleep 3
+done
 sync
 blockdev --rereadpt /dev/vda || fail "re-reading the partition table"
 n=0

@@ -395,8 +395,11 @@ async fn timeouts_pause_cancel_and_one_run_per_node() {
         )]),
     )
     .unwrap();
-    lab.wait_run(&ex, "a", "gate running", |s| s.state == RunState::Running)
-        .await;
+    // The step, not only the run: the wait counts events from its attempt's start.
+    lab.wait_run(&ex, "a", "gate running", |s| {
+        s.steps[0].state == StepState::Running
+    })
+    .await;
     assert_eq!(ex.status("b").unwrap().state, RunState::Pending);
     ex.report_event(n3, "go").unwrap();
     let a = lab.finished(&ex, "a").await;

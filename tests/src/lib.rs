@@ -293,6 +293,30 @@ impl Api {
         }
     }
 
+    /// Creates user `name` with `role` (in `project`, for project roles) and a token for it;
+    /// returns the API as that user and the token's secret.
+    pub async fn create_user(
+        &self,
+        name: &str,
+        role: &str,
+        project: Option<&str>,
+    ) -> Result<(Api, String)> {
+        let mut u = serde_json::json!({"name": name, "role": role});
+        if let Some(p) = project {
+            u["project"] = serde_json::json!(p);
+        }
+        self.put(&format!("/v1/users/{name}"), &u).await?.ok()?;
+        let t = self
+            .post("/v1/tokens", &serde_json::json!({"user": name}))
+            .await?
+            .ok()?;
+        let secret = t["secret"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("token answer without a secret: {t}"))?
+            .to_owned();
+        Ok((self.with_token(&secret), secret))
+    }
+
     /// The same member without an `Authorization` header.
     pub fn anonymous(&self) -> Api {
         Api {
@@ -546,6 +570,26 @@ impl Cluster {
         self.member(id)
             .map(|m| m.fleet_addr.clone())
             .unwrap_or_default()
+    }
+
+    /// Runs the real `metalctl` against member 1 with `token`, configured by flags only (no
+    /// config file); returns (exit code, stdout, stderr).
+    pub async fn metalctl(&self, token: &str, args: &[&str]) -> Result<(i32, String, String)> {
+        let out = tokio::process::Command::new(bin_dir()?.join("metalctl"))
+            .args(["--coordinator", &self.url(1), "--ca-cert"])
+            .arg(self.ca_path())
+            .args(args)
+            .env("METALFLEET_TOKEN", token)
+            .env_remove("METALCTL_CONFIG")
+            .env("HOME", self.dir())
+            .kill_on_drop(true)
+            .output()
+            .await?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     /// API handle on member `id` with the admin token.

@@ -45,35 +45,12 @@ async fn ok(r: anyhow::Result<metalfleet_tests::Resp>) -> Value {
 }
 
 async fn user(admin: &Api, name: &str, role: &str, project: Option<&str>) -> (Api, String) {
-    let mut u = json!({"name": name, "role": role});
-    if let Some(p) = project {
-        u["project"] = json!(p);
-    }
-    ok(admin.put(&format!("/v1/users/{name}"), &u).await).await;
-    let t = ok(admin.post("/v1/tokens", &json!({"user": name})).await).await;
-    let secret = t["secret"].as_str().unwrap().to_owned();
-    (admin.with_token(&secret), secret)
+    admin.create_user(name, role, project).await.unwrap()
 }
 
 /// Runs the real `metalctl` against member 1 with `token`; returns (exit code, stdout, stderr).
 async fn metalctl(c: &Cluster, token: &str, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(metalfleet_tests::bin_dir().unwrap().join("metalctl"))
-        .args(["--coordinator", &c.url(1), "--ca-cert"])
-        .arg(c.ca_path())
-        .args(args)
-        .env("METALFLEET_TOKEN", token)
-        // No config file: everything comes from the flags.
-        .env_remove("METALCTL_CONFIG")
-        .env("HOME", c.dir())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    c.metalctl(token, args).await.unwrap()
 }
 
 impl Fleet {

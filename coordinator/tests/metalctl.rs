@@ -12,36 +12,15 @@ use std::time::{Duration, Instant};
 use coordinator::cli::render::{render, View};
 use serde_json::{json, Value};
 
+mod golden_support;
+use golden_support::golden;
+
 // ---------------------------------------------------------------------------------------
 // Golden files
 // ---------------------------------------------------------------------------------------
 
 /// The "now" every golden rendering counts relative times from (2023-11-14T22:13:20Z).
 const NOW: i64 = 1_700_000_000_000;
-
-/// Compares `actual` with `tests/golden/<name>.txt`, or rewrites the file when
-/// `UPDATE_GOLDEN=1`.
-fn golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(format!("{name}.txt"));
-    if std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1") {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run with UPDATE_GOLDEN=1 to create it",
-            path.display()
-        )
-    });
-    assert!(
-        actual == want,
-        "{} differs (UPDATE_GOLDEN=1 to accept)\n--- want\n{want}--- got\n{actual}",
-        path.display()
-    );
-}
 
 #[test]
 fn golden_cluster_status() {

@@ -6,36 +6,16 @@
 //! the diff.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-
 use coordinator::cli::runs;
 use serde_json::{json, Value};
+
+mod golden_support;
+use golden_support::golden;
 
 /// The "now" relative times count from (2023-11-14T22:13:20Z), as in tests/metalctl.rs.
 const NOW: i64 = 1_700_000_000_000;
 const NODE: &str = "00000000-0000-0000-0000-000000000001";
 const NODE2: &str = "00000000-0000-0000-0000-000000000002";
-
-fn golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(format!("{name}.txt"));
-    if std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1") {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run with UPDATE_GOLDEN=1 to create it",
-            path.display()
-        )
-    });
-    assert!(
-        actual == want,
-        "{} differs (UPDATE_GOLDEN=1 to accept)\n--- want\n{want}--- got\n{actual}",
-        path.display()
-    );
-}
 
 fn run() -> Value {
     json!({

@@ -745,6 +745,19 @@ impl State {
         let Some(r) = self.runs.runs.get(id) else {
             return;
         };
+        // Most reports only carry progress or logs: templates are parsed only when a step or
+        // the run changed state.
+        let same = |a: &RunStatus, b: &RunStatus| {
+            a.state == b.state
+                && a.steps.len() == b.steps.len()
+                && a.steps
+                    .iter()
+                    .zip(&b.steps)
+                    .all(|(x, y)| x.state == y.state)
+        };
+        if same(old, &r.status) {
+            return;
+        }
         let reg = self.workflow_registry(&r.workflow);
         let (phases, total) = crate::workflow::phases(&reg, &r.workflow, Some(r.version));
         // A plan laid out differently (an include changed since) has no reliable phases.
